@@ -1,0 +1,39 @@
+"""Errors raised for bad user input."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+
+class QFaultConfigError(ValueError):
+    """A configuration value is invalid.
+
+    The message always names the field, the value given and what is allowed.
+    """
+
+    def __init__(self, field: str, value: Any, allowed: str, hint: str | None = None):
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        msg = f"{field}={value!r} is invalid: allowed {allowed}"
+        if hint:
+            msg += f" ({hint})"
+        super().__init__(msg)
+
+
+def check_range(field: str, value: Any, low: float, high: float, *, integer: bool = False) -> None:
+    """Raise :class:`QFaultConfigError` unless ``low <= value <= high``."""
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        integer and not isinstance(value, int)
+    ):
+        raise QFaultConfigError(field, value, f"{kind} in [{low}, {high}]")
+    if not (low <= value <= high):  # also rejects NaN
+        raise QFaultConfigError(field, value, f"{kind} in [{low}, {high}]")
+
+
+def check_choice(field: str, value: Any, choices: Iterable[Any]) -> None:
+    """Raise :class:`QFaultConfigError` unless ``value`` is one of ``choices``."""
+    choices = list(choices)
+    if value not in choices:
+        raise QFaultConfigError(field, value, "one of " + ", ".join(repr(c) for c in choices))

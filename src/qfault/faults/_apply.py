@@ -1,0 +1,332 @@
+"""Drawing faults for a tensor and applying them to its codes; the ``corrupt`` verb."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._errors import QFaultConfigError
+from ..formats import FloatFormat, IntFormat, NumberFormat, calibrate, get_format
+from ..formats._base import gather_param
+from ._models import (
+    BitFlip, FaultModel, FullFlip, HwPeriodic, LSBFlip, MSBFlip, RandomValue, StuckAt, get_fault,
+)
+from ._sampling import bernoulli_positions, ceil_count, distinct, make_generator
+
+XOR, STUCK, RANDOM = "xor", "stuck", "random"
+
+
+@dataclass
+class FaultDraw:
+    """Faults drawn for one tensor: which elements, and what happens to each.
+
+    Attributes:
+        index: unique flat element indices, sorted, int64 ``[k]``.
+        op: ``"xor"`` (flip ``mask``), ``"stuck"`` (force ``mask`` bits to ``value``) or
+            ``"random"`` (modular add of ``value`` over the code range).
+        mask: per-element bit pattern ``[k]`` (int64).
+        value: per-element stuck pattern or random operand ``[k]`` (int64), or None.
+        bit_sites: ``[m, 2]`` (element index, bit) pairs for bit-level models, or None.
+    """
+
+    index: torch.Tensor
+    op: str
+    mask: torch.Tensor
+    value: torch.Tensor | None = None
+    bit_sites: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> "FaultDraw":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return FaultDraw(move(self.index), self.op, move(self.mask), move(self.value), move(self.bit_sites))
+
+    def offset(self, delta: int) -> "FaultDraw":
+        """The same draw with element indices shifted by ``delta`` (for per-image draws)."""
+        sites = None if self.bit_sites is None else self.bit_sites + torch.tensor([delta, 0])
+        return FaultDraw(self.index + delta, self.op, self.mask, self.value, sites)
+
+    @staticmethod
+    def cat(draws: list["FaultDraw"]) -> "FaultDraw":
+        first = draws[0]
+        sites = [d.bit_sites for d in draws if d.bit_sites is not None]
+        return FaultDraw(
+            torch.cat([d.index for d in draws]), first.op, torch.cat([d.mask for d in draws]),
+            None if first.value is None else torch.cat([d.value for d in draws]),
+            torch.cat(sites) if sites else None,
+        )
+
+    def __len__(self) -> int:
+        return int(self.index.numel())
+
+
+@dataclass
+class FaultRecord:
+    """What a fault did to a tensor.
+
+    Attributes:
+        index: flat indices of the elements hit, int64 ``[k]``.
+        old: their codes before the fault ``[k]``.
+        new: their codes after the fault ``[k]`` (may equal ``old``, e.g. a bit stuck at its value).
+        bit_sites: ``[m, 2]`` (element index, bit) pairs for bit-level models, or None.
+    """
+
+    index: torch.Tensor
+    old: torch.Tensor
+    new: torch.Tensor
+    bit_sites: torch.Tensor | None = None
+
+    @property
+    def changed(self) -> torch.Tensor:
+        """Boolean ``[k]``: which hit elements actually changed code."""
+        return self.old != self.new
+
+
+def resolve_bits(bits: tuple | None, fmt: NumberFormat) -> torch.Tensor:
+    """Bit positions (int64, sorted, unique) allowed by a fault's ``bits`` field."""
+    if bits is None:
+        return torch.arange(fmt.bits, dtype=torch.int64)
+    out = []
+    for b in bits:
+        pos = fmt.bits - 1 if b == "msb" else 0 if b == "lsb" else b
+        if pos < 0:
+            pos += fmt.bits
+        if not 0 <= pos < fmt.bits:
+            raise QFaultConfigError("bits", b, f"positions 0..{fmt.bits - 1} (or -1..-{fmt.bits}) for {fmt.name}")
+        out.append(pos)
+    return torch.tensor(sorted(set(out)), dtype=torch.int64)
+
+
+def _group_bit_sites(elements: torch.Tensor, bits: torch.Tensor, values: torch.Tensor | None = None):
+    """Combine (element, bit) pairs into one pattern per unique element."""
+    index, inverse = torch.unique(elements, return_inverse=True)
+    weights = torch.ones_like(bits) << bits
+    mask = torch.zeros(index.numel(), dtype=torch.int64).index_add_(0, inverse, weights)
+    value = None
+    if values is not None:
+        value = torch.zeros(index.numel(), dtype=torch.int64).index_add_(0, inverse, weights * values)
+    return index, mask, value
+
+
+def _bit_level(numel: int, fmt: NumberFormat, fault, gen: torch.Generator, *, p: float | None,
+               count: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    allowed = resolve_bits(fault.bits, fmt)
+    population = numel * allowed.numel()
+    if p is not None:
+        flat = bernoulli_positions(population, p, gen)
+    else:
+        if count > population:
+            raise QFaultConfigError("count", count, f"at most {population} (bits available in the tensor)")
+        flat = distinct(population, count, gen)
+    return flat // allowed.numel(), allowed[flat % allowed.numel()]
+
+
+@torch.no_grad()
+def draw_faults(fault: FaultModel, shape: torch.Size | tuple[int, ...], fmt: NumberFormat,
+                generator: torch.Generator) -> FaultDraw:
+    """Sample the faults of ``fault`` for a tensor of ``shape`` in ``fmt`` (on the CPU)."""
+    shape = tuple(shape)
+    numel = 1
+    for s in shape:
+        numel *= s
+    empty = torch.empty(0, dtype=torch.int64)
+    if isinstance(fault, BitFlip):
+        if fault.sites is not None:
+            sites = torch.tensor(fault.sites, dtype=torch.int64).view(-1, 2)
+            allowed = resolve_bits(None, fmt)
+            bad = (sites[:, 0] >= numel) | (sites[:, 1] >= fmt.bits)
+            if bool(bad.any()):
+                raise QFaultConfigError("sites", tuple(sites[bad][0].tolist()),
+                                        f"element < {numel} and bit < {fmt.bits}")
+            sites = torch.unique(sites, dim=0)
+            elements, bits = sites[:, 0], sites[:, 1]
+            del allowed
+        else:
+            elements, bits = _bit_level(numel, fmt, fault, gen=generator, p=fault.ber, count=fault.count)
+        index, mask, _ = _group_bit_sites(elements, bits)
+        return FaultDraw(index, XOR, mask, None, torch.stack([elements, bits], 1))
+    if isinstance(fault, StuckAt):
+        if fault.rate is None:
+            stuck_mask = torch.as_tensor(fault.stuck_mask).reshape(-1).to("cpu", torch.int64)
+            if stuck_mask.numel() != numel:
+                raise QFaultConfigError("stuck_mask", tuple(torch.as_tensor(fault.stuck_mask).shape),
+                                        f"a tensor with {numel} elements (the target's shape {shape})")
+            stuck_value = torch.as_tensor(fault.stuck_value).reshape(-1).to("cpu", torch.int64)
+            index = torch.nonzero(stuck_mask & fmt.bit_mask).view(-1)
+            mask = stuck_mask[index] & fmt.bit_mask
+            return FaultDraw(index, STUCK, mask, stuck_value[index] & mask)
+        elements, bits = _bit_level(numel, fmt, fault, gen=generator, p=fault.rate / 100.0, count=None)
+        ones = (torch.rand(elements.numel(), generator=generator, dtype=torch.float64) < fault.p_one).long()
+        index, mask, value = _group_bit_sites(elements, bits, ones)
+        return FaultDraw(index, STUCK, mask, value, torch.stack([elements, bits], 1))
+    if isinstance(fault, (RandomValue, LSBFlip, MSBFlip, FullFlip)):
+        index = bernoulli_positions(numel, fault.probability / 100.0, generator)
+        return _element_draw(type(fault), index, fmt, generator)
+    if isinstance(fault, HwPeriodic):
+        index = hw_periodic_index(shape, fault, generator)
+        kind = {"random_value": RandomValue, "lsb_flip": LSBFlip, "msb_flip": MSBFlip,
+                "full_flip": FullFlip}[fault.strategy]
+        return _element_draw(kind, index, fmt, generator)
+    raise QFaultConfigError("fault", type(fault).__name__, "a registered fault model")  # pragma: no cover
+    return FaultDraw(empty, XOR, empty)  # pragma: no cover
+
+
+def _element_draw(kind: type, index: torch.Tensor, fmt: NumberFormat, gen: torch.Generator) -> FaultDraw:
+    k = index.numel()
+    if kind is RandomValue:
+        low, high = fmt.code_min, fmt.code_max
+        operand = torch.randint(low, high + 1, (k,), generator=gen, dtype=torch.int64)
+        return FaultDraw(index, RANDOM, torch.zeros(k, dtype=torch.int64), operand)
+    pattern = {LSBFlip: 1, MSBFlip: 1 << (fmt.bits - 1), FullFlip: fmt.bit_mask}[kind]
+    return FaultDraw(index, XOR, torch.full((k,), pattern, dtype=torch.int64))
+
+
+def hw_periodic_pattern(fault: HwPeriodic, generator: torch.Generator) -> torch.Tensor:
+    """The shuffled 0/1 pattern of ``frequency_value`` slots (bool, CPU)."""
+    slots = fault.frequency_value
+    ones = ceil_count(slots, fault.probability)
+    pattern = torch.zeros(slots, dtype=torch.bool)
+    pattern[torch.randperm(slots, generator=generator)[:ones]] = True
+    return pattern
+
+
+def hw_periodic_mask(shape: tuple[int, ...], pattern: torch.Tensor) -> torch.Tensor:
+    """Lay the periodic pattern over a tensor of ``shape`` (bool mask, CPU). See docs/faults.md."""
+    period = pattern.numel()
+    if len(shape) == 4:
+        batch, channels, height, width = shape
+        if channels > period:
+            per_pixel = pattern.repeat(-(-channels // period))[:channels]
+            return per_pixel.view(1, channels, 1, 1).expand(shape).clone()
+        if height == 1 and width == 1:
+            return pattern[:channels].view(1, channels, 1, 1).expand(shape).clone()
+        groups = period // channels
+        position = torch.arange(batch * height * width).view(batch, height, width)
+        start = (position % groups) * channels
+        gathered = pattern[start.unsqueeze(-1) + torch.arange(channels)]  # [B, H, W, C]
+        return gathered.permute(0, 3, 1, 2).contiguous()
+    if len(shape) == 2:
+        batch, width = shape
+        row = pattern.repeat(-(-width // period))[:width]
+        return row.view(1, width).expand(shape).clone()
+    numel = 1
+    for s in shape:
+        numel *= s
+    return pattern.repeat(-(-numel // period))[:numel].view(shape)
+
+
+def hw_periodic_index(shape: tuple[int, ...], fault: HwPeriodic, generator: torch.Generator) -> torch.Tensor:
+    pattern = hw_periodic_pattern(fault, generator)
+    return torch.nonzero(hw_periodic_mask(shape, pattern).reshape(-1)).view(-1)
+
+
+def apply_to_codes(fmt: NumberFormat, codes: torch.Tensor, draw: FaultDraw) -> torch.Tensor:
+    """New codes for the hit elements: ``codes`` are the old codes at ``draw.index`` ([k])."""
+    if draw.op == XOR:
+        return fmt.xor(codes, draw.mask.to(fmt.pattern_dtype))
+    if draw.op == STUCK:
+        return fmt.set_bits(codes, draw.mask.to(fmt.pattern_dtype), draw.value.to(fmt.pattern_dtype))
+    # RANDOM: seed 001's modular addition over [code_min, code_max]
+    low, size = fmt.code_min, fmt.code_max - fmt.code_min + 1
+    shifted = torch.remainder(codes.to(torch.int64) + draw.value - low, size) + low
+    return shifted.to(codes.dtype)
+
+
+def _check_codes(x: torch.Tensor, fmt: NumberFormat) -> None:
+    if x.numel() == 0:
+        return
+    low = fmt.code_min if not isinstance(fmt, FloatFormat) else 0
+    high = fmt.code_max
+    if isinstance(fmt, IntFormat) and fmt.signed:
+        low = -(1 << (fmt.bits - 1))
+    lo, hi = int(x.min()), int(x.max())
+    if lo < low or hi > high:
+        raise QFaultConfigError(
+            "codes", f"[{lo}, {hi}]", f"codes in [{low}, {high}] for {fmt.name}",
+            hint="the integer tensor does not fit the format's bit width",
+        )
+
+
+@torch.no_grad()
+def corrupt(
+    x: torch.Tensor,
+    fmt: "NumberFormat | str" = "int8",
+    fault: "FaultModel | str | dict" = "bit_flip",
+    *,
+    seed: int | None = None,
+    scale: torch.Tensor | float | None = None,
+    zero_point: torch.Tensor | int | None = None,
+    axis: int | None = None,
+    **fault_kwargs,
+) -> tuple[torch.Tensor, FaultRecord]:
+    """Apply a fault model to a tensor viewed in a number format.
+
+    An integer tensor is taken as codes of ``fmt``. A float tensor is viewed through ``fmt``:
+    for int/fixed formats with ``scale``/``zero_point`` (per tensor, or per channel along
+    ``axis``; calibrated from ``x`` when omitted), for IEEE formats through its raw bits.
+    Only hit elements whose code changes get a new value (the dequantized faulty code);
+    every other element is returned unchanged. Runs on ``x``'s device.
+
+    Args:
+        x: the tensor (any shape, CPU or CUDA).
+        fmt: a format object or name (``"int8"``, ``"float16"``...).
+        fault: a fault model, its registered name (with ``fault_kwargs``) or a dict.
+        seed: fixes every draw; the same seed gives the same faults on any device.
+
+    Returns:
+        ``(faulty, record)``: a new tensor like ``x`` and the :class:`FaultRecord`.
+
+    Raises:
+        QFaultConfigError: unknown names, out-of-range parameters, codes outside the format.
+
+    Example:
+        >>> codes = torch.zeros(4, dtype=torch.int8)
+        >>> faulty, record = corrupt(codes, "int8", "bit_flip", sites=((2, 7),), seed=0)
+        >>> faulty.tolist()
+        [0, 0, -128, 0]
+    """
+    fmt = get_format(fmt)
+    fault = get_fault(fault, **fault_kwargs)
+    generator = make_generator(("corrupt", seed)) if seed is not None else make_generator(None)
+    draw = draw_faults(fault, x.shape, fmt, generator).to(x.device)
+    return apply_draw(x, fmt, draw, scale=scale, zero_point=zero_point, axis=axis)
+
+
+def apply_draw(x: torch.Tensor, fmt: NumberFormat, draw: FaultDraw, *, scale=None, zero_point=None,
+               axis: int | None = None, check: bool = True) -> tuple[torch.Tensor, FaultRecord]:
+    """Apply a drawn fault to ``x`` (codes or floats); returns a new tensor and the record."""
+    flat = x.reshape(-1)
+    index = draw.index
+    if not x.is_floating_point():
+        if check:
+            _check_codes(x, fmt)
+        old = flat[index].to(fmt.code_dtype)
+        new = apply_to_codes(fmt, old, draw)
+        out = flat.clone()
+        out[index] = new.to(x.dtype)
+        return out.view_as(x), FaultRecord(index, old, new, draw.bit_sites)
+    values = flat[index]
+    if isinstance(fmt, FloatFormat):
+        old = fmt.encode(values)
+        new = apply_to_codes(fmt, old, draw)
+        faulty_values = fmt.decode(new, dtype=x.dtype)
+    else:
+        if isinstance(fmt, IntFormat):
+            if scale is None:
+                scale, zero_point = calibrate(fmt, x, axis)
+            scale_at = _param_at(scale, x, axis, index)
+            zero_at = _param_at(zero_point, x, axis, index)
+        else:
+            scale_at = zero_at = None
+        old = fmt.encode(values, scale_at, zero_at)
+        new = apply_to_codes(fmt, old, draw)
+        faulty_values = fmt.decode(new, scale_at, zero_at, dtype=x.dtype)
+    out = flat.clone()
+    out[index] = torch.where(new != old, faulty_values, values)
+    return out.view_as(x), FaultRecord(index, old, new, draw.bit_sites)
+
+
+def _param_at(param, x: torch.Tensor, axis: int | None, index: torch.Tensor):
+    """The per-element value of a scale/zero point at flat ``index`` of ``x``."""
+    if isinstance(param, torch.Tensor):
+        param = param.to(x.device)
+    return gather_param(param, tuple(x.shape), index, axis)

@@ -1,0 +1,213 @@
+"""Fault models: frozen, validated descriptions of what happens to the bits of a value.
+
+Units: ``ber`` is a fraction in [0, 1] (per bit); ``probability`` and ``rate`` are percentages in
+[0, 100] (per element for the element models of seed 001, per bit for stuck-at as in seed 000).
+The models hold data only; sampling lives in ``_sampling.py`` and application in ``_apply.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .._config import from_dict, to_dict
+from .._errors import QFaultConfigError, check_choice, check_range
+from .._registry import Registry
+
+FAULTS: Registry = Registry("fault")
+
+BIT_ALIASES = ("msb", "lsb")
+
+
+def _check_bits(value: Any) -> tuple | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, str)):
+        value = (value,)
+    if not isinstance(value, (tuple, list)) or not value:
+        raise QFaultConfigError("bits", value, "None or a non-empty list of bit positions, 'msb' or 'lsb'")
+    for item in value:
+        if isinstance(item, bool) or not (isinstance(item, int) or item in BIT_ALIASES):
+            raise QFaultConfigError("bits", item, "a bit position (0 = LSB, -1 = MSB), 'msb' or 'lsb'")
+    return tuple(value)
+
+
+class FaultModel:
+    """Base class of the registered fault models."""
+
+    type_name: ClassVar[str] = ""
+    #: Stuck-at faults are permanent by default; the others are transient.
+    permanent_by_default: ClassVar[bool] = False
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def register_fault(name: str, aliases: tuple[str, ...] = ()):
+    """Class decorator registering a fault model under ``name`` (usable from YAML)."""
+
+    def wrap(cls):
+        cls.type_name = name
+        FAULTS.register(name, cls, aliases=aliases)
+        return cls
+
+    return wrap
+
+
+@register_fault("bit_flip", aliases=("bitflip", "ber", "seu"))
+@dataclass(frozen=True)
+class BitFlip(FaultModel):
+    """Invert bits. Exactly one of ``ber``, ``count`` or ``sites``.
+
+    Args:
+        ber: probability that each bit flips, a fraction in [0, 1].
+        count: exact number of distinct bits to flip (per image when injected per image).
+        sites: explicit ``(flat element index, bit)`` pairs.
+        bits: restrict to these bit positions (0 = LSB, negative from the MSB, ``"msb"``,
+            ``"lsb"``); ``None`` means every bit of the format.
+    """
+
+    ber: float | None = None
+    count: int | None = None
+    sites: tuple[tuple[int, int], ...] | None = None
+    bits: tuple[int | str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        given = [n for n in ("ber", "count", "sites") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise QFaultConfigError(
+                "bit_flip", given or None, "exactly one of ber, count or sites",
+                hint="e.g. BitFlip(ber=1e-3) or BitFlip(count=1)",
+            )
+        if self.ber is not None:
+            check_range("ber", self.ber, 0.0, 1.0)
+        if self.count is not None:
+            check_range("count", self.count, 0, 2**62, integer=True)
+        if self.sites is not None:
+            sites = tuple(tuple(s) for s in self.sites)
+            for site in sites:
+                if len(site) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in site):
+                    raise QFaultConfigError("sites", site, "pairs of non-negative (element index, bit)")
+            object.__setattr__(self, "sites", sites)
+        object.__setattr__(self, "bits", _check_bits(self.bits))
+
+
+@register_fault("stuck_at", aliases=("stuckat", "saf"))
+@dataclass(frozen=True)
+class StuckAt(FaultModel):
+    """Bits stuck at 0 or 1 (permanent until reset). Either ``rate`` or explicit masks.
+
+    Args:
+        rate: percentage in [0, 100]: each bit is stuck with probability ``rate / 100``.
+        p_one: probability that a stuck bit is stuck at 1 (seed 000 uses 0.5).
+        stuck_mask: explicit integer tensor of bit patterns, one per element (shape of the
+            target): set bits are stuck.
+        stuck_value: integer tensor of the same shape: the values the stuck bits hold.
+        bits: restrict random stuck bits to these positions (as in :class:`BitFlip`).
+    """
+
+    rate: float | None = None
+    p_one: float = 0.5
+    stuck_mask: Any = None
+    stuck_value: Any = None
+    bits: tuple[int | str, ...] | None = None
+
+    permanent_by_default: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        explicit = self.stuck_mask is not None or self.stuck_value is not None
+        if (self.rate is None) == (not explicit):
+            raise QFaultConfigError(
+                "stuck_at", self.rate, "either rate (percent) or stuck_mask and stuck_value"
+            )
+        if explicit and (self.stuck_mask is None or self.stuck_value is None):
+            raise QFaultConfigError("stuck_value" if self.stuck_value is None else "stuck_mask",
+                                    None, "an integer tensor (both masks are needed)")
+        if self.rate is not None:
+            check_range("rate", self.rate, 0.0, 100.0)
+        check_range("p_one", self.p_one, 0.0, 1.0)
+        object.__setattr__(self, "bits", _check_bits(self.bits))
+
+    def __hash__(self) -> int:  # tensors are not hashable
+        return id(self)
+
+
+@dataclass(frozen=True)
+class _ElementFault(FaultModel):
+    """An element is hit with ``probability`` percent; how it changes depends on the model."""
+
+    probability: float = 5.0
+
+    def __post_init__(self) -> None:
+        check_range("probability", self.probability, 0.0, 100.0)
+
+
+@register_fault("random_value", aliases=("random",))
+@dataclass(frozen=True)
+class RandomValue(_ElementFault):
+    """Seed 001 ``random``: ``y = ((x + r - min) mod R) + min`` with ``r`` uniform on the code range.
+
+    The result is uniform over ``[code_min, code_max]`` and independent of ``x``.
+    """
+
+
+@register_fault("lsb_flip")
+@dataclass(frozen=True)
+class LSBFlip(_ElementFault):
+    """Flip bit 0 of each hit element."""
+
+
+@register_fault("msb_flip")
+@dataclass(frozen=True)
+class MSBFlip(_ElementFault):
+    """Flip the top bit (the sign bit of a two's-complement code) of each hit element."""
+
+
+@register_fault("full_flip")
+@dataclass(frozen=True)
+class FullFlip(_ElementFault):
+    """Flip every bit of each hit element (bitwise NOT within the format's width)."""
+
+
+HW_STRATEGIES = ("random_value", "lsb_flip", "msb_flip", "full_flip")
+
+
+@register_fault("hw_periodic", aliases=("hw_mask",))
+@dataclass(frozen=True)
+class HwPeriodic(FaultModel):
+    """Seed 001 ``hw_mask``: a periodic pattern over ``frequency_value`` parallel MAC units.
+
+    A pattern of ``frequency_value`` slots with ``ceil(frequency_value * probability / 100)`` hit
+    slots (shuffled) is laid over the activation so the same positions repeat with that period
+    (layout rules in ``docs/faults.md``). Hit elements change as ``strategy`` says.
+    """
+
+    probability: float = 5.0
+    frequency_value: int = 1024
+    strategy: str = "random_value"
+
+    def __post_init__(self) -> None:
+        check_range("probability", self.probability, 0.0, 100.0)
+        check_range("frequency_value", self.frequency_value, 1, 2**31, integer=True)
+        strategy = "random_value" if self.strategy == "random" else self.strategy
+        check_choice("strategy", strategy, HW_STRATEGIES)
+        object.__setattr__(self, "strategy", strategy)
+
+
+def get_fault(spec: "str | dict | FaultModel", **kwargs) -> FaultModel:
+    """Resolve a fault model from a name plus keyword arguments, a dict, or an object.
+
+    Example:
+        >>> get_fault("bit_flip", ber=1e-3)
+        BitFlip(ber=0.001, count=None, sites=None, bits=None)
+    """
+    if isinstance(spec, FaultModel):
+        return spec
+    if isinstance(spec, dict):
+        return from_dict(FAULTS, spec)
+    return FAULTS.get(spec)(**kwargs)
+
+
+def list_faults(pattern: str = "*") -> list[str]:
+    """Registered fault model names."""
+    return FAULTS.list(pattern)

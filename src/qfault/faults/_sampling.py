@@ -1,0 +1,79 @@
+"""Seeded fault sampling in O(number of faults).
+
+A Bernoulli(p) draw over ``n`` sites is sampled as a binomial count ``k`` followed by ``k``
+distinct uniform positions, never as ``n`` coin flips. All draws use a CPU ``torch.Generator``
+seeded from ``(seed, site, draw)``; the indices are then moved to the target device, so the same
+seed gives the same faults on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+
+_DENSE_FRACTION = 0.25  # above this fraction of n, a permutation is cheaper than rejection
+
+
+def derive_seed(*keys: object) -> int:
+    """A 63-bit seed from any keys (stable across processes and platforms)."""
+    digest = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def make_generator(*keys: object) -> torch.Generator:
+    """A CPU generator seeded from :func:`derive_seed` of ``keys``; ``(None,)`` seeds randomly."""
+    gen = torch.Generator()
+    if len(keys) == 1 and keys[0] is None:
+        gen.seed()
+    else:
+        gen.manual_seed(derive_seed(*keys))
+    return gen
+
+
+@torch.no_grad()
+def binomial(n: int, p: float, generator: torch.Generator) -> int:
+    """A Binomial(n, p) count (exact in float64 for any n below 2**53)."""
+    if n <= 0 or p <= 0.0:
+        return 0
+    if p >= 1.0:
+        return n
+    count = torch.tensor([float(n)], dtype=torch.float64)
+    prob = torch.tensor([p], dtype=torch.float64)
+    return int(torch.binomial(count, prob, generator=generator).item())
+
+
+@torch.no_grad()
+def distinct(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """``k`` distinct positions drawn uniformly from ``range(n)``, sorted, as int64 (CPU).
+
+    Costs O(k log k) for ``k <= n / 4`` (draw with replacement, deduplicate, redraw the
+    shortfall, then keep a uniformly random ``k``-subset), O(n) otherwise.
+    """
+    if k < 0 or k > n:
+        raise ValueError(f"cannot draw {k} distinct positions out of {n}")
+    if k == 0:
+        return torch.empty(0, dtype=torch.int64)
+    if k > n * _DENSE_FRACTION:
+        return torch.randperm(n, generator=generator)[:k].sort().values
+    have = torch.empty(0, dtype=torch.int64)
+    while have.numel() < k:
+        need = k - have.numel()
+        draw = torch.randint(n, (need + need // 8 + 8,), generator=generator, dtype=torch.int64)
+        have = torch.unique(torch.cat([have, draw]))
+    # The set built so far is exchangeable over range(n); a random k-subset of it is uniform.
+    if have.numel() > k:
+        keep = torch.randperm(have.numel(), generator=generator)[:k]
+        have = have[keep].sort().values
+    return have
+
+
+def bernoulli_positions(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Positions in ``range(n)`` where independent Bernoulli(p) trials succeed (O(#successes))."""
+    return distinct(n, binomial(n, p, generator), generator)
+
+
+def ceil_count(total: int, percent: float) -> int:
+    """``ceil(total * percent / 100)`` without float noise for exact products."""
+    return min(total, math.ceil(round(total * percent / 100.0, 9)))

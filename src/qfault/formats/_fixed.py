@@ -1,0 +1,109 @@
+"""Fixed-point format reproducing QKeras ``quantized_bits(bits, integer, keep_negative)`` (seed 002).
+
+``bits`` counts the sign bit; the number of fraction bits is ``E = bits - integer - keep_negative``;
+a value is ``code * 2**-E`` with ``code`` a ``bits``-bit two's-complement integer when
+``keep_negative`` (else unsigned). Quantization rounds half to even and saturates, as QKeras
+does with ``alpha=1``. Differences from QKeras: we return the ideal quantized value (QKeras'
+float32 straight-through expression turns far out-of-range inputs into 0.0 and inf into NaN),
+and ``bits=1`` with ``keep_negative`` (QKeras' special ``sign(x)`` quantizer) is not a fixed-point
+format and is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._errors import QFaultConfigError
+from ._base import NumberFormat
+
+
+@dataclass(frozen=True)
+class FixedPoint(NumberFormat):
+    """QKeras-compatible fixed point.
+
+    Args:
+        bits: total width including the sign bit, 1 to 32 (2 to 32 with ``keep_negative``).
+        integer: integer bits (excluding the sign bit); may exceed ``bits`` or be negative.
+        keep_negative: signed two's-complement codes if True.
+        symmetric: drop the most negative code (QKeras ``symmetric=1``).
+
+    Example:
+        >>> FixedPoint(5, 1, True).values()[:3].tolist()
+        [0.0, 0.125, 0.25]
+    """
+
+    bits: int = 8
+    integer: int = 0
+    keep_negative: bool = True
+    symmetric: bool = False
+
+    type_name = "fixed"
+
+    def __post_init__(self) -> None:
+        low = 2 if self.keep_negative else 1
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not low <= self.bits <= 32:
+            hint = "bits=1 with keep_negative is QKeras' sign quantizer" if self.bits == 1 else None
+            raise QFaultConfigError("bits", self.bits, f"an integer in [{low}, 32]", hint)
+        if isinstance(self.integer, bool) or not isinstance(self.integer, int):
+            raise QFaultConfigError("integer", self.integer, "an integer")
+        for field in ("keep_negative", "symmetric"):
+            value = getattr(self, field)
+            if value not in (True, False, 0, 1):
+                raise QFaultConfigError(field, value, "True/False or 1/0")
+        object.__setattr__(self, "keep_negative", bool(self.keep_negative))
+        object.__setattr__(self, "symmetric", bool(self.symmetric))
+
+    @property
+    def name(self) -> str:
+        return f"fixed{self.bits}_{self.integer}{'' if self.keep_negative else 'u'}"
+
+    @property
+    def fraction_bits(self) -> int:
+        """``E = bits - integer - keep_negative``."""
+        return self.bits - self.integer - int(self.keep_negative)
+
+    @property
+    def lsb(self) -> float:
+        """Value of one code step, ``2**-E``."""
+        return 2.0 ** (-self.fraction_bits)
+
+    @property
+    def code_dtype(self) -> torch.dtype:
+        return torch.int64 if self.bits > 31 else torch.int32
+
+    @property
+    def code_min(self) -> int:
+        if not self.keep_negative:
+            return 0
+        return -(1 << (self.bits - 1)) + (1 if self.symmetric else 0)
+
+    @property
+    def code_max(self) -> int:
+        return (1 << (self.bits - int(self.keep_negative))) - 1
+
+    def to_bits(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes.to(self.pattern_dtype) & self.bit_mask
+
+    def from_bits(self, patterns: torch.Tensor) -> torch.Tensor:
+        patterns = patterns.to(self.pattern_dtype) & self.bit_mask
+        if not self.keep_negative:
+            return patterns.to(self.code_dtype)
+        sign = 1 << (self.bits - 1)
+        return ((patterns ^ sign) - sign).to(self.code_dtype)
+
+    def encode(self, x: torch.Tensor, scale=None, zero_point=None, axis=None) -> torch.Tensor:
+        """``clip(round_half_even(x * 2**E), code_min, code_max)`` (scale/zero point unused)."""
+        dtype = torch.float64 if self.bits > 24 else torch.float32
+        q = torch.round(x.to(dtype) * (2.0 ** self.fraction_bits))
+        return torch.clamp(q, self.code_min, self.code_max).to(self.code_dtype)
+
+    def decode(self, codes: torch.Tensor, scale=None, zero_point=None, axis=None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``codes * 2**-E``."""
+        return (codes.to(torch.float64) * self.lsb).to(dtype)
+
+    def values(self) -> torch.Tensor:
+        """Every representable value in code (bit-pattern) order, like QKeras ``range()``."""
+        return self.decode(self.all_codes())

@@ -1,0 +1,132 @@
+"""Integer formats: two's complement and unsigned codes, 1 to 16 bits, with scale and zero point.
+
+``value = (code - zero_point) * scale``; ``code = clamp(round(x / scale) + zero_point)``. Scale
+and zero point are per tensor (a number or one-element tensor) or per channel (a 1-D tensor
+with ``axis``). This covers Brevitas integer quantizers, LSQ (seed 004) and the range-based
+quantizer of seed 000 (``rounding="half_up"``, ``range="narrow"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._errors import QFaultConfigError, check_choice
+from ._base import NumberFormat, broadcast_param
+
+ROUNDINGS = ("half_even", "half_up")
+RANGES = ("full", "narrow")
+
+
+def round_codes(x: torch.Tensor, rounding: str) -> torch.Tensor:
+    """Round to integers: ``half_even`` (torch.round) or ``half_up`` (floor(x + 0.5))."""
+    if rounding == "half_up":
+        return torch.floor(x + 0.5)
+    return torch.round(x)
+
+
+@dataclass(frozen=True)
+class IntFormat(NumberFormat):
+    """A ``bits``-bit integer code, two's complement when ``signed``.
+
+    Args:
+        bits: code width, 1 to 16.
+        signed: two's complement codes if True, else unsigned ``0 .. 2**bits - 1``.
+        rounding: ``"half_even"`` (torch.round) or ``"half_up"`` (floor(x + 0.5)).
+        range: ``"full"`` clamps to ``[-2**(b-1), 2**(b-1) - 1]``; ``"narrow"`` to
+            ``[-(2**(b-1) - 1), 2**(b-1) - 1]`` (signed only; unsigned ignores it).
+
+    Example:
+        >>> fmt = IntFormat(8)
+        >>> fmt.encode(torch.tensor([0.5, -1.0]), scale=0.25).tolist()
+        [2, -4]
+    """
+
+    bits: int = 8
+    signed: bool = True
+    rounding: str = "half_even"
+    range: str = "full"
+
+    type_name = "int"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 16:
+            raise QFaultConfigError("bits", self.bits, "an integer in [1, 16] for an int format")
+        if not isinstance(self.signed, bool):
+            raise QFaultConfigError("signed", self.signed, "True or False")
+        check_choice("rounding", self.rounding, ROUNDINGS)
+        check_choice("range", self.range, RANGES)
+        if self.signed and self.range == "narrow" and self.bits < 2:
+            raise QFaultConfigError("bits", self.bits, ">= 2 for a narrow-range signed format")
+
+    @property
+    def name(self) -> str:
+        return f"{'int' if self.signed else 'uint'}{self.bits}"
+
+    @property
+    def code_dtype(self) -> torch.dtype:
+        return torch.int32
+
+    @property
+    def code_min(self) -> int:
+        if not self.signed:
+            return 0
+        low = -(1 << (self.bits - 1))
+        return low + 1 if self.range == "narrow" else low
+
+    @property
+    def code_max(self) -> int:
+        return (1 << self.bits) - 1 if not self.signed else (1 << (self.bits - 1)) - 1
+
+    def to_bits(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes.to(torch.int32) & self.bit_mask
+
+    def from_bits(self, patterns: torch.Tensor) -> torch.Tensor:
+        patterns = patterns.to(torch.int32) & self.bit_mask
+        if not self.signed:
+            return patterns
+        sign = 1 << (self.bits - 1)
+        return (patterns ^ sign) - sign
+
+    def encode(self, x: torch.Tensor, scale=1.0, zero_point=0, axis: int | None = None) -> torch.Tensor:
+        """Quantize floats to codes: ``clamp(round(x / scale) + zero_point, code_min, code_max)``."""
+        scale = broadcast_param(1.0 if scale is None else scale, x, axis)
+        zero_point = broadcast_param(0 if zero_point is None else zero_point, x, axis)
+        q = round_codes(x / scale, self.rounding) + zero_point
+        return torch.clamp(q, self.code_min, self.code_max).to(torch.int32)
+
+    def decode(self, codes: torch.Tensor, scale=1.0, zero_point=0, axis: int | None = None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Dequantize codes: ``(codes - zero_point) * scale``."""
+        scale = broadcast_param(1.0 if scale is None else scale, codes, axis)
+        zero_point = broadcast_param(0 if zero_point is None else zero_point, codes, axis)
+        return (codes.to(dtype) - zero_point) * scale
+
+
+def calibrate(fmt: IntFormat, x: torch.Tensor, axis: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point covering ``x`` (per tensor, or per channel along ``axis``).
+
+    Signed formats are symmetric (``scale = max|x| / code_max``, zero point 0); unsigned ones
+    are affine over ``[min(x, 0), max(x, 0)]``. A zero range gets scale 1.
+
+    Returns:
+        ``(scale, zero_point)`` as float32 / int32 tensors, shape ``[]`` or ``[C]``.
+    """
+    with torch.no_grad():
+        x = x.detach().float()
+        if axis is None:
+            low, high = x.min(), x.max()
+        else:
+            moved = x.movedim(axis, 0).reshape(x.shape[axis], -1)
+            low, high = moved.min(dim=1).values, moved.max(dim=1).values
+        if fmt.signed:
+            scale = torch.maximum(high.abs(), low.abs()) / fmt.code_max
+            zero_point = torch.zeros_like(scale, dtype=torch.int32)
+        else:
+            low, high = torch.clamp(low, max=0), torch.clamp(high, min=0)
+            scale = (high - low) / fmt.code_max
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            zero_point = torch.clamp(torch.round(-low / scale), 0, fmt.code_max).to(torch.int32)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale, zero_point
