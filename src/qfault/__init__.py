@@ -1,24 +1,55 @@
 """qfault: bit-exact hardware fault injection for (quantized) PyTorch models.
 
 Formats define bits <-> values, fault models define what happens to bits, and ``inject``
-places faults in a model. Brevitas, timm and plotting load only where they are used.
+places faults in a model. Names load on first use (PEP 562), so ``qfault --help`` does not
+import torch; Brevitas, timm and plotting load only where they are used.
 """
 
-from ._errors import QFaultConfigError
-from .faults import BitFlip, StuckAt, corrupt, get_fault, list_faults
-from .formats import FixedPoint, FloatFormat, IntFormat, get_format, list_formats
-from .inject import InjectionHandle, InjectSpec, inject
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
+_EXPORTS = {
     # verbs
-    "corrupt", "inject",
+    "corrupt": "qfault.faults",
+    "inject": "qfault.inject._api",
     # configuration
-    "InjectSpec", "InjectionHandle", "BitFlip", "StuckAt",
+    "InjectSpec": "qfault.inject",
+    "InjectionHandle": "qfault.inject",
+    "BitFlip": "qfault.faults",
+    "StuckAt": "qfault.faults",
     # formats
-    "IntFormat", "FixedPoint", "FloatFormat", "get_format", "list_formats",
+    "IntFormat": "qfault.formats",
+    "FixedPoint": "qfault.formats",
+    "FloatFormat": "qfault.formats",
+    "get_format": "qfault.formats",
+    "list_formats": "qfault.formats",
     # registries and errors
-    "get_fault", "list_faults", "QFaultConfigError",
-    "__version__",
-]
+    "get_fault": "qfault.faults",
+    "list_faults": "qfault.faults",
+    "QFaultConfigError": "qfault._errors",
+}
+
+__all__ = list(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'qfault' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._errors import QFaultConfigError
+    from .faults import BitFlip, StuckAt, corrupt, get_fault, list_faults
+    from .formats import FixedPoint, FloatFormat, IntFormat, get_format, list_formats
+    from .inject import InjectionHandle, InjectSpec, inject

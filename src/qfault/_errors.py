@@ -37,3 +37,9 @@ def check_choice(field: str, value: Any, choices: Iterable[Any]) -> None:
     choices = list(choices)
     if value not in choices:
         raise QFaultConfigError(field, value, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def check_bool(field: str, value: Any) -> None:
+    """Raise :class:`QFaultConfigError` unless ``value`` is True or False."""
+    if not isinstance(value, bool):
+        raise QFaultConfigError(field, value, "True or False")

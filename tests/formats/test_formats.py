@@ -198,6 +198,28 @@ def test_float32_patterns_property(pats, k):
     assert np.array_equal(v64[fin], ref.astype(np.float64)[fin])
 
 
+@HYP
+@given(st.integers(1, 32), st.booleans(), st.integers(-8, 40), st.data())
+def test_fixed_wide_round_trip_property(bits, keep_negative, integer, data):
+    if keep_negative and bits < 2:
+        bits = 2
+    fmt = FixedPoint(bits, integer, keep_negative)
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if keep_negative else (0, (1 << bits) - 1)
+    codes = data.draw(st.lists(st.integers(low, high), min_size=1, max_size=32))
+    pats = data.draw(st.lists(st.integers(0, (1 << bits) - 1), min_size=1, max_size=32))
+    ct = torch.tensor(codes, dtype=torch.int64)
+    assert fmt.to_bits(ct).tolist() == [ref_pattern(c, bits) for c in codes]
+    assert fmt.from_bits(fmt.to_bits(ct)).tolist() == codes
+    pt = torch.tensor(pats, dtype=torch.int64)
+    assert fmt.from_bits(pt).tolist() == [ref_code(p, bits, keep_negative) for p in pats]
+    assert fmt.to_bits(fmt.from_bits(pt)).tolist() == pats
+    k = data.draw(st.integers(0, bits - 1))
+    assert fmt.xor(ct, 1 << k).tolist() == [ref_code(ref_pattern(c, bits) ^ (1 << k), bits, keep_negative)
+                                            for c in codes]
+    e = bits - integer - int(keep_negative)
+    assert fmt.decode(ct, dtype=torch.float64).tolist() == [float(np.float32(c * 2.0**-e)) for c in codes]
+
+
 # --------------------------------------------------------------------------------------------
 # Bit flips: flip of bit k of code v gives pattern(v) XOR 2**k
 # --------------------------------------------------------------------------------------------

@@ -140,7 +140,8 @@ class _SiteRuntime:
 
     # -- what --------------------------------------------------------------------------------
     def _generator(self, kind: str, counter: int) -> torch.Generator:
-        return make_generator(self.handle.base_seed, self.spec_id, self.name, self.spec.site.value, kind, counter)
+        seed = self.handle.seeds[self.spec_id]
+        return make_generator(seed, self.spec_id, self.name, self.spec.site.value, kind, counter)
 
     def draw(self, shape: tuple[int, ...], fmt: NumberFormat, device: torch.device, batched: bool) -> FaultDraw:
         """Faults for a tensor of ``shape``; ``batched`` tensors have the batch in dim 0."""
@@ -190,14 +191,7 @@ class _SiteRuntime:
                 clean_all = x.detach().double()
                 c, f = values.double(), faulty.double()
             else:
-                if isinstance(fmt, IntFormat):
-                    s = scale if not isinstance(scale, torch.Tensor) or axis is None else \
-                        _broadcast_axis(scale, x, axis)
-                    z = zero_point if not isinstance(zero_point, torch.Tensor) or axis is None else \
-                        _broadcast_axis(zero_point, x, axis)
-                    clean_all = torch.round(x.detach() / s + (0 if z is None else z)).double()
-                else:
-                    clean_all = fmt.encode(x.detach()).double()
+                clean_all = fmt.encode(x.detach(), scale, zero_point, axis).double()
                 c, f = old.double(), new.double()
             clean_sq = float(clean_all.square().sum())
             delta = f - c
@@ -232,14 +226,6 @@ class _SiteRuntime:
             return self.weight_qparams
         scale, zero = calibrate(fmt, x, None)
         return scale, zero, None
-
-
-def _broadcast_axis(param: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
-    if param.dim() != 1 or param.numel() == 1:
-        return param
-    shape = [1] * x.dim()
-    shape[axis % x.dim()] = -1
-    return param.view(shape)
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -295,9 +281,8 @@ class InjectionHandle:
         self.enabled = True
         self.generation = 0
         self.forward_count = 0
-        seeds = {s.seed for s in self.specs}
-        fixed = next((s for s in seeds if s is not None), None)
-        self.base_seed = fixed if fixed is not None else secrets.randbits(63)
+        #: one seed per spec: its own ``seed``, or a random one drawn now
+        self.seeds = [s.seed if s.seed is not None else secrets.randbits(63) for s in self.specs]
         self.sites: list[_SiteRuntime] = []
         self.chosen: dict[int, int] = {}
         self._undo: list = []
@@ -352,7 +337,7 @@ class InjectionHandle:
         self.remove()
 
     def __repr__(self) -> str:
-        return f"InjectionHandle(sites={len(self.sites)}, enabled={self.enabled}, seed={self.base_seed})"
+        return f"InjectionHandle(sites={len(self.sites)}, enabled={self.enabled}, seeds={self.seeds})"
 
     # -- internals ---------------------------------------------------------------------------
     def add_listener(self, fn) -> None:
@@ -368,7 +353,7 @@ class InjectionHandle:
             if spec.layer_mode == "all":
                 continue
             count = sum(1 for s in self.sites if s.spec_id == spec_id)
-            gen = make_generator(self.base_seed, spec_id, "layer", spec.layer_mode, counter)
+            gen = make_generator(self.seeds[spec_id], spec_id, "layer", spec.layer_mode, counter)
             self.chosen[spec_id] = int(torch.randint(count, (1,), generator=gen))
 
     def _on_model_forward(self, module, args) -> None:
@@ -377,7 +362,7 @@ class InjectionHandle:
             for spec_id, spec in enumerate(self.specs):
                 if spec.layer_mode == "random_per_forward":
                     count = sum(1 for s in self.sites if s.spec_id == spec_id)
-                    gen = make_generator(self.base_seed, spec_id, "layer", "forward", self.forward_count)
+                    gen = make_generator(self.seeds[spec_id], spec_id, "layer", "forward", self.forward_count)
                     self.chosen[spec_id] = int(torch.randint(count, (1,), generator=gen))
 
 
@@ -412,24 +397,34 @@ def _attach(handle: InjectionHandle, site: _SiteRuntime) -> None:
         handle._undo.append(hook.remove)
 
 
+def _format_error(site: _SiteRuntime) -> QFaultConfigError:
+    return QFaultConfigError(
+        "format", None, "a number format (int<b>, uint<b>, fixed, float32, float16, bfloat16) "
+        f"for the float {site.spec.site.value} of module '{site.name}' ({type(site.module).__name__})",
+        hint="only Brevitas quantized tensors carry their own format",
+    )
+
+
 def _require_format_or_quant(site: _SiteRuntime) -> None:
-    module = site.module
-    if site.spec.format is None and not getattr(module, "return_quant_tensor", False):
-        raise QFaultConfigError(
-            "format", None, "a number format (int<b>, uint<b>, fixed, float32, float16, bfloat16) "
-            f"for the float {site.spec.site.value} of module '{site.name}' ({type(module).__name__})",
-            hint="only Brevitas quantized layers carry their own format",
-        )
+    """Float sites need a format; Brevitas modules may pass QuantTensors (checked per forward)."""
+    if site.spec.format is None and not type(site.module).__module__.startswith("brevitas"):
+        raise _format_error(site)
 
 
 def _fault_any(site: _SiteRuntime, module: nn.Module, x: Any) -> Any:
     if not site.active(module.training):
         return x
-    if _is_quant_tensor(x) and site.spec.format is None:
-        fmt, scale, zero = _quant_params(x)
+    fmt = site.spec.format
+    if _is_quant_tensor(x):
+        own_fmt, scale, zero = _quant_params(x)
+        if fmt is None:
+            fmt = own_fmt
+        elif not isinstance(fmt, IntFormat):
+            scale = zero = None
         return _replace_value(x, site.corrupt(x.value, fmt, scale, zero, None, batched=True))
     if isinstance(x, torch.Tensor) and x.is_floating_point():
-        fmt = site.spec.format
+        if fmt is None:
+            raise _format_error(site)
         scale, zero, axis = site.float_qparams(x, fmt, is_weight=False)
         return site.corrupt(x, fmt, scale, zero, axis, batched=True)
     return x
@@ -448,47 +443,58 @@ def _attach_quant_output(handle: InjectionHandle, site: _SiteRuntime, proxy: nn.
 
 
 def _attach_param(handle: InjectionHandle, site: _SiteRuntime, pname: str) -> None:
-    module = site.module
-    had_instance_forward = "forward" in module.__dict__
-    original = module.forward
+    """Fault a parameter for the duration of each forward (pre-hook on, post-hook off).
 
-    def wrapped(*args, **kwargs):
-        param = module._parameters.get(pname)
-        if param is None or not site.active(module.training):
-            return original(*args, **kwargs)
+    The hooks act on the module they are called for (a deep copy of the model faults its own
+    weights). In inference only the faulted entries are written in place and restored exactly
+    (O(number of faults)); with gradients a faulty copy shadows the parameter in the instance
+    dict, so parameter order and identity never change.
+    """
+    pending: dict[int, tuple] = {}
+
+    def restore(m: nn.Module) -> None:
+        entry = pending.pop(id(m), None)
+        if entry is None:
+            return
+        kind, param, index, clean = entry
+        if kind == "shadow":
+            m.__dict__.pop(pname, None)
+        else:
+            param.data.view(-1)[index] = clean
+
+    def pre_hook(m, args):
+        restore(m)  # a forward that raised before its post-hook ran
+        param = m._parameters.get(pname)
+        if param is None or not site.active(m.training):
+            return None
         fmt = site.spec.format
         scale, zero, axis = site.float_qparams(param, fmt, is_weight=True)
         draw = site.draw(tuple(param.shape), fmt, param.device, batched=False)
         if len(draw) == 0:
             if site.spec.track_statistics:
                 site.stats.record(param.numel(), 0, 0.0, 0.0, 0.0, 0.0)
-            return original(*args, **kwargs)
-        if torch.is_grad_enabled() and param.requires_grad or not param.is_contiguous():
-            _, faulty = site.faulty_values(param, fmt, scale, zero, axis, draw)
-            faulty_param = replace_at(param, draw.index, faulty, site.spec.gradient)
-            del module._parameters[pname]
-            object.__setattr__(module, pname, faulty_param)
-            try:
-                return original(*args, **kwargs)
-            finally:
-                object.__delattr__(module, pname)
-                module._parameters[pname] = param
-        # inference: write the O(#faults) faulty values in place and restore them exactly
+            return None
         clean, faulty = site.faulty_values(param, fmt, scale, zero, axis, draw)
-        flat = param.data.view(-1)
-        flat[draw.index] = faulty
-        try:
-            return original(*args, **kwargs)
-        finally:
-            flat[draw.index] = clean
+        if (torch.is_grad_enabled() and param.requires_grad) or not param.is_contiguous():
+            m.__dict__[pname] = replace_at(param, draw.index, faulty, site.spec.gradient)
+            pending[id(m)] = ("shadow", param, None, None)
+        else:
+            param.data.view(-1)[draw.index] = faulty
+            pending[id(m)] = ("inplace", param, draw.index, clean)
+        return None
 
-    module.forward = wrapped
+    def post_hook(m, args, out):
+        restore(m)
+        return None
+
+    module = site.module
+    pre = module.register_forward_pre_hook(pre_hook)
+    post = module.register_forward_hook(post_hook, always_call=True)
 
     def undo():
-        if had_instance_forward:
-            module.forward = original
-        else:
-            module.__dict__.pop("forward", None)
+        pre.remove()
+        post.remove()
+        restore(module)
 
     handle._undo.append(undo)
 

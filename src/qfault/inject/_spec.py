@@ -7,7 +7,7 @@ from enum import Enum
 from typing import Any
 
 from .._config import to_dict
-from .._errors import QFaultConfigError, check_choice, check_range
+from .._errors import QFaultConfigError, check_bool, check_choice, check_range
 from ..faults import FaultModel, get_fault
 from ..formats import NumberFormat, get_format
 from ._grad import GRADIENT_MODES
@@ -107,13 +107,13 @@ class InjectSpec:
         check_choice("layer_mode", self.layer_mode, LAYER_MODES)
         if self.persistence is not None:
             check_choice("persistence", self.persistence, PERSISTENCE)
-        check_choice("per_image", self.per_image, (True, False))
+        check_bool("per_image", self.per_image)
         check_choice("active_in", str(getattr(self.active_in, "value", self.active_in)), [m.value for m in Mode])
         set_("active_in", Mode(getattr(self.active_in, "value", self.active_in)))
         check_choice("gradient", self.gradient, GRADIENT_MODES)
         if self.seed is not None:
             check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
-        check_choice("track_statistics", self.track_statistics, (True, False))
+        check_bool("track_statistics", self.track_statistics)
 
     @property
     def permanent(self) -> bool:

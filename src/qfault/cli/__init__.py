@@ -1,0 +1,1 @@
+"""Command-line interface (``qfault``). Heavy imports happen inside the subcommands."""

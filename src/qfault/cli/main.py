@@ -1,0 +1,94 @@
+"""``qfault`` command line: ``qfault demo``, ``qfault ls``.
+
+Only the standard library is imported at start-up so that ``qfault --help`` answers at once;
+each subcommand imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qfault",
+        description="Bit-exact hardware fault injection for (quantized) PyTorch models.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo", help="train (or load) a quantized CNN on the bundled digits data and sweep faults",
+        description="Train or load a cached 8-bit Brevitas CNN on scikit-learn's digits, then sweep "
+                    "weight bit error rate and activation fault probability; print a table and write "
+                    "results.json and accuracy_vs_rate.png.",
+    )
+    demo.add_argument("--out", default="demo-results", help="output folder (default: %(default)s)")
+    demo.add_argument("--runs", type=int, default=5, help="repetitions per rate (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of every fault draw (default: %(default)s)")
+    demo.add_argument("--weight-ber", type=_float_list, default=[1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+                      help="comma-separated weight bit error rates, fractions in [0, 1]")
+    demo.add_argument("--act-prob", type=_float_list, default=[0.1, 0.5, 1.0, 2.0, 5.0, 10.0],
+                      help="comma-separated activation fault probabilities, percent in [0, 100]")
+    demo.add_argument("--retrain", action="store_true", help="ignore the cached model and train again")
+    demo.add_argument("--epochs", type=int, default=15, help="training epochs (default: %(default)s)")
+    demo.add_argument("--cache-dir", default=None,
+                      help="where the trained model is cached (default: $QFAULT_CACHE or ~/.cache/qfault)")
+    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    demo.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+
+    ls = sub.add_parser("ls", help="list registered formats, fault models and demo models")
+    ls.add_argument("what", nargs="?", choices=("formats", "faults", "models", "all"), default="all")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from importlib.metadata import version
+
+        print(version("qfault"))
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        if args.command == "demo":
+            from ._demo import run_demo
+
+            return run_demo(args)
+        if args.command == "ls":
+            return _ls(args.what)
+    except Exception as exc:  # one clear line for bad input, no traceback
+        from .._errors import QFaultConfigError
+
+        if isinstance(exc, QFaultConfigError):
+            print(f"qfault: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return 0  # pragma: no cover
+
+
+def _ls(what: str) -> int:
+    from ..data import list_models
+    from ..faults import list_faults
+    from ..formats import list_formats
+
+    groups = {"formats": list_formats(), "faults": list_faults(), "models": list_models()}
+    for name, items in groups.items():
+        if what in (name, "all"):
+            print(f"{name}: {', '.join(items)}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
