@@ -192,6 +192,8 @@ def hw_periodic_pattern(fault: HwPeriodic, generator: torch.Generator) -> torch.
 def hw_periodic_mask(shape: tuple[int, ...], pattern: torch.Tensor) -> torch.Tensor:
     """Lay the periodic pattern over a tensor of ``shape`` (bool mask, CPU). See docs/faults.md."""
     period = pattern.numel()
+    if _numel_of(shape) == 0:
+        return torch.zeros(shape, dtype=torch.bool)
     if len(shape) == 4:
         batch, channels, height, width = shape
         if channels > period:
@@ -214,6 +216,13 @@ def hw_periodic_mask(shape: tuple[int, ...], pattern: torch.Tensor) -> torch.Ten
     return pattern.repeat(-(-numel // period))[:numel].view(shape)
 
 
+def _numel_of(shape: tuple[int, ...]) -> int:
+    numel = 1
+    for s in shape:
+        numel *= s
+    return numel
+
+
 def hw_periodic_index(shape: tuple[int, ...], fault: HwPeriodic, generator: torch.Generator) -> torch.Tensor:
     pattern = hw_periodic_pattern(fault, generator)
     return torch.nonzero(hw_periodic_mask(shape, pattern).reshape(-1)).view(-1)
@@ -232,12 +241,10 @@ def apply_to_codes(fmt: NumberFormat, codes: torch.Tensor, draw: FaultDraw) -> t
 
 
 def _check_codes(x: torch.Tensor, fmt: NumberFormat) -> None:
+    """Refuse integer tensors whose values are not bit patterns of ``fmt`` (any storable code)."""
     if x.numel() == 0:
         return
-    low = fmt.code_min if not isinstance(fmt, FloatFormat) else 0
-    high = fmt.code_max
-    if isinstance(fmt, IntFormat) and fmt.signed:
-        low = -(1 << (fmt.bits - 1))
+    low, high = fmt.storable_min, fmt.storable_max
     lo, hi = int(x.min()), int(x.max())
     if lo < low or hi > high:
         raise QFaultConfigError(
@@ -296,6 +303,12 @@ def apply_draw(x: torch.Tensor, fmt: NumberFormat, draw: FaultDraw, *, scale=Non
     """Apply a drawn fault to ``x`` (codes or floats); returns a new tensor and the record."""
     flat = x.reshape(-1)
     index = draw.index
+    if x.numel() == 0 or index.numel() == 0:
+        if check and not x.is_floating_point():
+            _check_codes(x, fmt)
+        empty = index.new_empty(0)
+        codes = torch.empty(0, dtype=fmt.code_dtype, device=x.device)
+        return x.clone(), FaultRecord(empty, codes, codes.clone(), draw.bit_sites)
     if not x.is_floating_point():
         if check:
             _check_codes(x, fmt)
@@ -319,9 +332,10 @@ def apply_draw(x: torch.Tensor, fmt: NumberFormat, draw: FaultDraw, *, scale=Non
             scale_at = zero_at = None
         old = fmt.encode(values, scale_at, zero_at)
         new = apply_to_codes(fmt, old, draw)
+        new = torch.where(torch.isfinite(values), new, old)  # NaN/inf have no integer code
         faulty_values = fmt.decode(new, scale_at, zero_at, dtype=x.dtype)
     out = flat.clone()
-    out[index] = torch.where(new != old, faulty_values, values)
+    out[index] = torch.where((new != old) & torch.isfinite(values), faulty_values, values)
     return out.view_as(x), FaultRecord(index, old, new, draw.bit_sites)
 
 

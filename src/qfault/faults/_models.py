@@ -83,6 +83,8 @@ class BitFlip(FaultModel):
             check_range("ber", self.ber, 0.0, 1.0)
         if self.count is not None:
             check_range("count", self.count, 0, 2**62, integer=True)
+        if self.sites is not None and self.bits is not None:
+            raise QFaultConfigError("bits", self.bits, "None when sites are given (each site names its bit)")
         if self.sites is not None:
             sites = tuple(tuple(s) for s in self.sites)
             for site in sites:

@@ -68,6 +68,16 @@ class NumberFormat:
 
     # -- shared ------------------------------------------------------------------------------
     @property
+    def storable_min(self) -> int:
+        """Smallest code any bit pattern decodes to (below ``code_min`` for narrow ranges)."""
+        return int(self.from_bits(torch.tensor(self.bit_mask >> 1) + 1)) if self.code_min < 0 else 0
+
+    @property
+    def storable_max(self) -> int:
+        """Largest code any bit pattern decodes to."""
+        return self.bit_mask >> 1 if self.code_min < 0 else self.bit_mask
+
+    @property
     def bit_mask(self) -> int:
         """All ``bits`` bits set."""
         return (1 << self.bits) - 1

@@ -114,7 +114,11 @@ def calibrate(fmt: IntFormat, x: torch.Tensor, axis: int | None = None) -> tuple
         ``(scale, zero_point)`` as float32 / int32 tensors, shape ``[]`` or ``[C]``.
     """
     with torch.no_grad():
-        x = x.detach().float()
+        # non-finite values cannot set a scale; an empty tensor gets scale 1
+        x = torch.nan_to_num(x.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+        if x.numel() == 0:
+            shape = () if axis is None else (x.shape[axis],)
+            return torch.ones(shape), torch.zeros(shape, dtype=torch.int32)
         if axis is None:
             low, high = x.min(), x.max()
         else:

@@ -176,6 +176,7 @@ class _SiteRuntime:
             zero_at = gather_param(zero_point, tuple(x.shape), index, axis)
             old = fmt.encode(values, scale_at, zero_at)
             new = apply_to_codes(fmt, old, draw)
+            new = torch.where(torch.isfinite(values), new, old)  # NaN/inf have no integer code
             faulty = fmt.decode(new, scale_at, zero_at, dtype=x.dtype)
         faulty = torch.where(new != old, faulty, values)
         if self.spec.track_statistics:
