@@ -39,7 +39,16 @@ def machine_line(device: torch.device) -> str:
             f"torch threads {torch.get_num_threads()}, device {device}")
     if device.type == "cuda":
         line += f" ({torch.cuda.get_device_name(device)})"
-    return line
+    return line + f"; load average {loadavg()}"
+
+
+def loadavg() -> str:
+    """1-minute load average (other processes share the cores: timings are noisy when it is > ~1)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0]
+    except OSError:
+        return "n/a"
 
 
 def sync(device: torch.device) -> None:

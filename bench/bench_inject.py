@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qfault  # noqa: E402
 from _common import (  # noqa: E402
-    fmt_time, machine_line, median, paired_ratio, parse_args, print_table, time_interleaved,
+    fmt_time, loadavg, machine_line, median, paired_ratio, parse_args, print_table, time_interleaved,
 )
 from models import count_params, make_model  # noqa: E402
 
@@ -102,32 +102,121 @@ def bench_qfault(kind: str, batch: int, base, device, args):
 
 
 def profile_rows(kind: str, batch: int, base, device, args, n: int = 200) -> None:
-    """cProfile of n faulty forwards (after warm-up); prints the top functions by own time."""
+    """Where the time of a faulty forward goes: op counts (torch.profiler) and qfault functions (cProfile)."""
+    from torch.profiler import ProfilerActivity, profile
+
     x = torch.randn(batch, 3, 32, 32, device=device)
     model = copy.deepcopy(base)
     clean = copy.deepcopy(base)
     with qfault.inject(model, spec_for(kind)), grad_context(args.grad_mode):
-        for _ in range(20):
-            model(x)
-            clean(x)
-        t0 = time.perf_counter()
+        s = time_interleaved({"clean": lambda: clean(x), "faulty": lambda: model(x)}, rounds=5, iters=n // 5,
+                             warmup=20, device=device)
+        t_clean, t_faulty = median(s["clean"]), median(s["faulty"])
+        counts = {}
+        for name, m in (("clean", clean), ("faulty", model)):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(20):
+                    m(x)
+            ka = prof.key_averages()
+            counts[name] = (sum(e.count for e in ka) / 20, ka)
+        cprof = cProfile.Profile()
+        cprof.enable()
         for _ in range(n):
-            clean(x)
-        t_clean = (time.perf_counter() - t0) / n
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(n):
             model(x)
-        prof.disable()
+        cprof.disable()
+    print(f"\n--- profile: {kind} b{batch}: clean {fmt_time(t_clean)}, faulty {fmt_time(t_faulty)} per forward "
+          f"(overhead {fmt_time(t_faulty - t_clean)}, {t_faulty / t_clean:.2f}x); load average {loadavg()} ---")
+    n_clean, n_faulty = counts["clean"][0], counts["faulty"][0]
+    print(f"torch ops per forward (profiler events incl. nested): clean {n_clean:.0f}, faulty {n_faulty:.0f} "
+          f"(+{n_faulty - n_clean:.0f}; overhead / extra op = {fmt_time((t_faulty - t_clean) / max(n_faulty - n_clean, 1))})")
+    clean_ops = {e.key: e.count for e in counts["clean"][1]}
+    extra_ops = sorted(((e.count - clean_ops.get(e.key, 0)) / 20, e.key) for e in counts["faulty"][1])
+    extra_ops = [(c, k) for c, k in reversed(extra_ops) if c > 0][:14]
+    print("extra ops per forward: " + ", ".join(f"{k.replace('aten::', '')} {c:g}" for c, k in extra_ops))
     out = io.StringIO()
-    st = pstats.Stats(prof, stream=out)
-    total = st.total_tt / n
-    print(f"\n--- cProfile: {kind} b{batch}, {n} faulty forwards: {fmt_time(total)}/forward under the profiler "
-          f"(clean forward unprofiled: {fmt_time(t_clean)}) ---")
-    st.sort_stats("tottime").print_stats(22)
+    st = pstats.Stats(cprof, stream=out)
+    st.sort_stats("cumulative").print_stats(r"qfault|_grad|_contextlib", 18)
     text = out.getvalue()
-    start = text.find("   ncalls")
-    print(text[start:].rstrip())
+    print(f"cProfile (inflates Python time; {n} faulty forwards, {fmt_time(st.total_tt / n)}/forward profiled), "
+          "qfault functions by cumulative time:")
+    print(text[text.find("   ncalls"):].rstrip())
+    try:
+        stage_breakdown(kind, batch, base, device, args)
+    except Exception as exc:  # internals move; the profile above still stands
+        print(f"stage breakdown unavailable ({type(exc).__name__}: {exc})")
+
+
+def stage_breakdown(kind: str, batch: int, base, device, args) -> None:
+    """Unprofiled cost per forward of each stage of qfault's fault path (uses qfault internals)."""
+    import timeit
+
+    from qfault.faults import binomial, distinct, draw_faults, make_generator
+    from qfault.inject._api import _fault_any, _per_image_draw
+    from qfault.inject._grad import replace_at
+
+    def t_us(fn, n=100):
+        fn()
+        return sorted(timeit.repeat(fn, number=n, repeat=5))[2] / n * 1e6
+
+    model = copy.deepcopy(base)
+    stages: dict[str, float] = {}
+
+    def add(key, us):
+        stages[key] = stages.get(key, 0.0) + us
+
+    with qfault.inject(model, spec_for(kind)) as handle, grad_context(args.grad_mode):
+        if kind == "weight":
+            for site in handle.sites:
+                p, fmt = site.module.weight, site.spec.format
+                sc, zp, ax = site.float_qparams(p, fmt, True)
+                g = make_generator(1)
+                n = p.numel() * fmt.bits
+                k = binomial(n, site.spec.fault.ber, g)
+                d = draw_faults(site.spec.fault, tuple(p.shape), fmt, g).to(p.device)
+                clean_v, faulty_v = site.faulty_values(p, fmt, sc, zp, ax, d)
+                flat = p.data.view(-1)
+                add("make_generator (blake2b seed + torch.Generator)", t_us(lambda: site._generator("transient", 3)))
+                add("  binomial count (torch.binomial on 1-elem tensors)", t_us(lambda: binomial(n, site.spec.fault.ber, g)))
+                add("  distinct positions (randint, cat, unique, randperm, sort)", t_us(lambda: distinct(n, k, g)))
+                add("draw_faults total (incl. the two above + grouping)", t_us(lambda: draw_faults(site.spec.fault, tuple(p.shape), fmt, g)))
+                add("faulty_values (gather scale/zp, encode, xor, decode, where)", t_us(lambda: site.faulty_values(p, fmt, sc, zp, ax, d)))
+                add("write faulty + restore clean (2 index_put)",
+                    t_us(lambda: (flat.__setitem__(d.index, faulty_v), flat.__setitem__(d.index, clean_v))))
+
+            def hooks_only():
+                for site in handle.sites:
+                    for hk in list(site.module._forward_pre_hooks.values()):
+                        hk(site.module, ())
+                    for hk in list(site.module._forward_hooks.values()):
+                        hk(site.module, (), None)
+            add("ALL hooks of the 13 sites, called directly (no conv)", t_us(hooks_only, 50))
+        else:
+            x = torch.randn(batch, 3, 32, 32, device=device)
+            outs = {}
+            relus = [mod for mod in base.modules() if isinstance(mod, torch.nn.ReLU)]
+            hooks = [mod.register_forward_hook(lambda mod, a, o, i=i: outs.__setitem__(i, o)) for i, mod in enumerate(relus)]
+            base(x)
+            for hk in hooks:
+                hk.remove()
+            w = 1.0 / len(handle.sites)  # one random layer per forward: the mean over layers
+            add("model pre-hook: choose layer (make_generator + randint)", t_us(lambda: handle._on_model_forward(None, None)))
+            for site in handle.sites:
+                o, fmt = outs[site.position], site.spec.format
+                g = torch.Generator().manual_seed(0)
+                sc, zp, ax = site.float_qparams(o, fmt, is_weight=False)
+                d = _per_image_draw(site.spec.fault, tuple(o.shape), fmt, g)
+                _, faulty_v = site.faulty_values(o, fmt, sc, zp, ax, d)
+                add("  calibrate per tensor (nan_to_num copy, min, max, ...)",
+                    w * t_us(lambda: site.float_qparams(o, fmt, is_weight=False)))
+                add("  draw (make_generator + _per_image_draw)", w * t_us(lambda: site.draw(tuple(o.shape), fmt, o.device, True)))
+                add("  faulty_values (encode, xor, decode, where)", w * t_us(lambda: site.faulty_values(o, fmt, sc, zp, ax, d)))
+                add("  replace_at (clone output + index_put)", w * t_us(lambda: replace_at(o, d.index, faulty_v)))
+                handle.chosen[site.spec_id] = site.position
+                add("chosen layer's hook total (_fault_any)", w * t_us(lambda: _fault_any(site, site.module, o)))
+    print(f"stage costs per forward, unprofiled ({kind}, batch {batch}; "
+          f"{'sum over the 13 weight sites' if kind == 'weight' else 'mean over the 10 ReLU layers'}):")
+    for key, us in stages.items():
+        print(f"  {key:62s} {fmt_time(us * 1e-6):>10s}")
 
 
 def third_party_rows(base, device, args) -> list[str]:
@@ -172,7 +261,9 @@ def _third_party_row(name: str, base, device, args) -> str:  # pragma: no cover 
 
 def main() -> None:
     def extra(p):
-        p.add_argument("--profile", action="store_true", help="also cProfile the faulty forwards at batch 1")
+        p.add_argument("--profile", action="store_true",
+                       help="also profile the faulty forwards at batch 1 (torch.profiler op counts + cProfile)")
+        p.add_argument("--profile-only", action="store_true", help="only the profile, no timing table")
         p.add_argument("--grad-mode", choices=("inference_mode", "no_grad"), default="inference_mode")
         p.add_argument("--kinds", default="act,weight", help="comma list of act,weight")
         p.add_argument("--batches", default="64,1", help="comma list of batch sizes")
@@ -185,6 +276,12 @@ def main() -> None:
     print(f"model: SmallResNet, {count_params(base):,} params; input 3x32x32; eval mode under {args.grad_mode}; "
           f"qfault {qfault.__version__}; {'quick' if args.quick else 'full'} run")
     t_start = time.perf_counter()
+    if args.profile_only:
+        for kind in kinds:
+            profile_rows(kind, 1, base, device, args)
+        if "act" in kinds:
+            stage_breakdown("act", 64, base, device, args)
+        return
 
     rows, checks = [], []
     for kind in kinds:
@@ -206,7 +303,7 @@ def main() -> None:
     print("\n".join(checks))
     print("\nother injectors:")
     print("\n".join(third_party_rows(base, device, args)))
-    print(f"\ntotal wall time {time.perf_counter() - t_start:.1f} s")
+    print(f"\nload average at end {loadavg()}; total wall time {time.perf_counter() - t_start:.1f} s")
     if args.profile:
         for kind in kinds:
             profile_rows(kind, 1, base, device, args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .._errors import QFaultConfigError
@@ -97,14 +98,18 @@ def resolve_bits(bits: tuple | None, fmt: NumberFormat) -> torch.Tensor:
 
 
 def _group_bit_sites(elements: torch.Tensor, bits: torch.Tensor, values: torch.Tensor | None = None):
-    """Combine (element, bit) pairs into one pattern per unique element."""
-    index, inverse = torch.unique(elements, return_inverse=True)
-    weights = torch.ones_like(bits) << bits
-    mask = torch.zeros(index.numel(), dtype=torch.int64).index_add_(0, inverse, weights)
-    value = None
-    if values is not None:
-        value = torch.zeros(index.numel(), dtype=torch.int64).index_add_(0, inverse, weights * values)
-    return index, mask, value
+    """Combine (element, bit) pairs, sorted by element, into one pattern per unique element."""
+    el, weights = elements.numpy(), np.left_shift(1, bits.numpy())
+    stuck = None if values is None else weights * values.numpy()
+    if el.size > 1:
+        first = np.empty(el.size, dtype=bool)
+        first[0] = True
+        np.not_equal(el[1:], el[:-1], out=first[1:])
+        if not first.all():
+            starts = np.flatnonzero(first)
+            el, weights = el[starts], np.add.reduceat(weights, starts)
+            stuck = None if stuck is None else np.add.reduceat(stuck, starts)
+    return torch.from_numpy(el), torch.from_numpy(weights), None if stuck is None else torch.from_numpy(stuck)
 
 
 def _bit_level(numel: int, fmt: NumberFormat, fault, gen: torch.Generator, *, p: float | None,
@@ -117,7 +122,10 @@ def _bit_level(numel: int, fmt: NumberFormat, fault, gen: torch.Generator, *, p:
         if count > population:
             raise QFaultConfigError("count", count, f"at most {population} (bits available in the tensor)")
         flat = distinct(population, count, gen)
-    return flat // allowed.numel(), allowed[flat % allowed.numel()]
+    elements, bits = np.divmod(flat.numpy(), allowed.numel())
+    if fault.bits is not None:
+        bits = allowed.numpy()[bits]
+    return torch.from_numpy(elements), torch.from_numpy(bits)
 
 
 @torch.no_grad()

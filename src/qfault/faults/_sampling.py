@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 
+import numpy as np
 import torch
 
 _DENSE_FRACTION = 0.25  # above this fraction of n, a permutation is cheaper than rejection
@@ -20,6 +21,17 @@ def derive_seed(*keys: object) -> int:
     """A 63-bit seed from any keys (stable across processes and platforms)."""
     digest = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def uniform_index(count: int, *keys: object) -> int:
+    """An exactly uniform integer in ``range(count)`` determined by ``keys`` (no generator)."""
+    limit = ((1 << 63) // count) * count
+    salt = 0
+    while True:
+        value = derive_seed(*keys, salt)
+        if value < limit:
+            return value % count
+        salt += 1
 
 
 def make_generator(*keys: object) -> torch.Generator:
@@ -39,17 +51,19 @@ def binomial(n: int, p: float, generator: torch.Generator) -> int:
         return 0
     if p >= 1.0:
         return n
-    count = torch.tensor([float(n)], dtype=torch.float64)
-    prob = torch.tensor([p], dtype=torch.float64)
-    return int(torch.binomial(count, prob, generator=generator).item())
+    count = torch.full((1,), float(n), dtype=torch.float64)
+    prob = torch.full((1,), p, dtype=torch.float64)
+    return int(torch.binomial(count, prob, generator=generator))
 
 
 @torch.no_grad()
 def distinct(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
     """``k`` distinct positions drawn uniformly from ``range(n)``, sorted, as int64 (CPU).
 
-    Costs O(k log k) for ``k <= n / 4`` (draw with replacement, deduplicate, redraw the
-    shortfall, then keep a uniformly random ``k``-subset), O(n) otherwise.
+    Costs O(k log k) for ``k <= n / 4``: draw the shortfall with replacement, deduplicate,
+    repeat until ``k`` distinct positions are held. The process is invariant under any
+    permutation of ``range(n)``, so the resulting ``k``-subset is uniform. Above ``n / 4`` a
+    permutation (O(n)) is used.
     """
     if k < 0 or k > n:
         raise ValueError(f"cannot draw {k} distinct positions out of {n}")
@@ -57,16 +71,21 @@ def distinct(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
         return torch.empty(0, dtype=torch.int64)
     if k > n * _DENSE_FRACTION:
         return torch.randperm(n, generator=generator)[:k].sort().values
-    have = torch.empty(0, dtype=torch.int64)
-    while have.numel() < k:
-        need = k - have.numel()
-        draw = torch.randint(n, (need + need // 8 + 8,), generator=generator, dtype=torch.int64)
-        have = torch.unique(torch.cat([have, draw]))
-    # The set built so far is exchangeable over range(n); a random k-subset of it is uniform.
-    if have.numel() > k:
-        keep = torch.randperm(have.numel(), generator=generator)[:k]
-        have = have[keep].sort().values
-    return have
+    # small sorted arrays: numpy's sort is several times cheaper than torch.unique on the CPU
+    have = _sorted_unique(torch.randint(n, (k,), generator=generator, dtype=torch.int64).numpy())
+    while have.size < k:
+        more = torch.randint(n, (k - have.size,), generator=generator, dtype=torch.int64).numpy()
+        have = _sorted_unique(np.concatenate([have, more]))
+    return torch.from_numpy(have)
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    values = np.sort(values)
+    if values.size > 1:
+        repeated = values[1:] == values[:-1]
+        if repeated.any():
+            values = values[np.concatenate(([True], ~repeated))]
+    return values
 
 
 def bernoulli_positions(n: int, p: float, generator: torch.Generator) -> torch.Tensor:

@@ -120,6 +120,11 @@ def gather_param(param, shape: tuple[int, ...], index: torch.Tensor, axis: int |
     if param.numel() == 1:
         return param.reshape(())
     ndim = len(shape)
+    if axis is not None and param.dim() == 1 and axis % ndim == 0:  # per output channel
+        inner = 1
+        for size in shape[1:]:
+            inner *= size
+        return param[index // inner]
     if axis is not None and param.dim() == 1:
         view = [1] * ndim
         view[axis % ndim] = -1

@@ -91,17 +91,19 @@ class IntFormat(NumberFormat):
 
     def encode(self, x: torch.Tensor, scale=1.0, zero_point=0, axis: int | None = None) -> torch.Tensor:
         """Quantize floats to codes: ``clamp(round(x / scale) + zero_point, code_min, code_max)``."""
-        scale = broadcast_param(1.0 if scale is None else scale, x, axis)
-        zero_point = broadcast_param(0 if zero_point is None else zero_point, x, axis)
-        q = round_codes(x / scale, self.rounding) + zero_point
+        q = x if scale is None else x / broadcast_param(scale, x, axis)
+        q = round_codes(q, self.rounding)
+        if zero_point is not None and not (isinstance(zero_point, int) and zero_point == 0):
+            q = q + broadcast_param(zero_point, x, axis)
         return torch.clamp(q, self.code_min, self.code_max).to(torch.int32)
 
     def decode(self, codes: torch.Tensor, scale=1.0, zero_point=0, axis: int | None = None,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Dequantize codes: ``(codes - zero_point) * scale``."""
-        scale = broadcast_param(1.0 if scale is None else scale, codes, axis)
-        zero_point = broadcast_param(0 if zero_point is None else zero_point, codes, axis)
-        return (codes.to(dtype) - zero_point) * scale
+        values = codes.to(dtype)
+        if zero_point is not None and not (isinstance(zero_point, int) and zero_point == 0):
+            values = values - broadcast_param(zero_point, codes, axis)
+        return values if scale is None else values * broadcast_param(scale, codes, axis)
 
 
 def calibrate(fmt: IntFormat, x: torch.Tensor, axis: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,16 +116,17 @@ def calibrate(fmt: IntFormat, x: torch.Tensor, axis: int | None = None) -> tuple
         ``(scale, zero_point)`` as float32 / int32 tensors, shape ``[]`` or ``[C]``.
     """
     with torch.no_grad():
-        # non-finite values cannot set a scale; an empty tensor gets scale 1
-        x = torch.nan_to_num(x.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
-        if x.numel() == 0:
+        x = x.detach().float()
+        if x.numel() == 0:  # an empty tensor gets scale 1
             shape = () if axis is None else (x.shape[axis],)
             return torch.ones(shape), torch.zeros(shape, dtype=torch.int32)
-        if axis is None:
-            low, high = x.min(), x.max()
-        else:
-            moved = x.movedim(axis, 0).reshape(x.shape[axis], -1)
-            low, high = moved.min(dim=1).values, moved.max(dim=1).values
+        if axis is not None:
+            x = x.movedim(axis, 0).reshape(x.shape[axis], -1)
+        low, high = torch.aminmax(x) if axis is None else torch.aminmax(x, dim=1)
+        if not bool(torch.isfinite(low).all() & torch.isfinite(high).all()):
+            # non-finite values cannot set a scale
+            x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+            low, high = torch.aminmax(x) if axis is None else torch.aminmax(x, dim=1)
         if fmt.signed:
             scale = torch.maximum(high.abs(), low.abs()) / fmt.code_max
             zero_point = torch.zeros_like(scale, dtype=torch.int32)

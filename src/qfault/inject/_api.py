@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+import math
+import random
 import re
 import secrets
 from typing import Any, Iterable, Sequence
@@ -11,8 +13,12 @@ import torch
 from torch import nn
 
 from .._errors import QFaultConfigError
-from ..faults import BitFlip, FaultDraw, apply_to_codes, draw_faults, make_generator
+from ..faults import (
+    BitFlip, FaultDraw, FullFlip, LSBFlip, MSBFlip, RandomValue, StuckAt, apply_to_codes, derive_seed,
+    draw_faults, make_generator, uniform_index,
+)
 from ..formats import FixedPoint, FloatFormat, IntFormat, NumberFormat, calibrate
+from ..faults._apply import _group_bit_sites
 from ..formats._base import gather_param
 from ._grad import replace_at
 from ._spec import InjectSpec, Mode, Site
@@ -123,7 +129,9 @@ class _SiteRuntime:
         self.counter = 0
         self.permanent_draws: dict[tuple, FaultDraw] = {}
         self.weight_qparams: tuple | None = None
-        self.last_record = None
+        self.prepared_capable = False
+        #: registers this site's hooks and returns their handles (None for parameter sites)
+        self.attach = None
 
     # -- when --------------------------------------------------------------------------------
     def active(self, training: bool) -> bool:
@@ -139,6 +147,9 @@ class _SiteRuntime:
         return True
 
     # -- what --------------------------------------------------------------------------------
+    def _seed(self, kind: str, counter: int) -> int:
+        return derive_seed(self.handle.seeds[self.spec_id], self.spec_id, self.name, self.spec.site.value, kind, counter)
+
     def _generator(self, kind: str, counter: int) -> torch.Generator:
         seed = self.handle.seeds[self.spec_id]
         return make_generator(seed, self.spec_id, self.name, self.spec.site.value, kind, counter)
@@ -158,13 +169,17 @@ class _SiteRuntime:
                 draw = _expand_over_batch(draw, shape[0], _numel(domain))
             return draw
         self.counter += 1
-        gen = self._generator("transient", self.counter)
         if spec.per_image and batched and len(shape) > 1:
-            return _per_image_draw(spec.fault, shape, fmt, gen).to(device)
-        return draw_faults(spec.fault, shape, fmt, gen).to(device)
+            fast = _one_flip_per_image(spec.fault, shape, fmt, self._seed("transient", self.counter))
+            if fast is not None:
+                return fast.to(device)
+            return _per_image_draw(spec.fault, shape, fmt, self._generator("transient", self.counter)).to(device)
+        return draw_faults(spec.fault, shape, fmt, self._generator("transient", self.counter)).to(device)
 
-    def faulty_values(self, x: torch.Tensor, fmt: NumberFormat, scale, zero_point, axis, draw: FaultDraw):
-        """``(values at index, faulty values at index)`` for ``x`` viewed in ``fmt``."""
+    def faulty_values(self, x: torch.Tensor, fmt: NumberFormat, scale, zero_point, axis, draw: FaultDraw,
+                      finite: bool = False):
+        """``(values at index, faulty values at index)`` for ``x`` viewed in ``fmt``; ``finite``
+        says the caller knows ``x`` has no NaN/inf."""
         index = draw.index
         values = x.detach().reshape(-1)[index]
         if isinstance(fmt, FloatFormat):
@@ -176,7 +191,8 @@ class _SiteRuntime:
             zero_at = gather_param(zero_point, tuple(x.shape), index, axis)
             old = fmt.encode(values, scale_at, zero_at)
             new = apply_to_codes(fmt, old, draw)
-            new = torch.where(torch.isfinite(values), new, old)  # NaN/inf have no integer code
+            if not finite:
+                new = torch.where(torch.isfinite(values), new, old)  # NaN/inf have no integer code
             faulty = fmt.decode(new, scale_at, zero_at, dtype=x.dtype)
         faulty = torch.where(new != old, faulty, values)
         if self.spec.track_statistics:
@@ -203,14 +219,15 @@ class _SiteRuntime:
                 faulty_sq=clean_sq - float(c.square().sum()) + float(f.square().sum()),
             )
 
-    def corrupt(self, x: torch.Tensor, fmt: NumberFormat, scale, zero_point, axis, batched: bool) -> torch.Tensor:
+    def corrupt(self, x: torch.Tensor, fmt: NumberFormat, scale, zero_point, axis, batched: bool,
+                finite: bool = False) -> torch.Tensor:
         """A faulty copy of ``x`` (autograd per the spec's gradient mode)."""
         draw = self.draw(tuple(x.shape), fmt, x.device, batched)
         if len(draw) == 0:
             if self.spec.track_statistics:
                 self.stats.record(x.numel(), 0, 0.0, 0.0, 0.0, 0.0)
             return x
-        _, faulty = self.faulty_values(x, fmt, scale, zero_point, axis, draw)
+        _, faulty = self.faulty_values(x, fmt, scale, zero_point, axis, draw, finite)
         return replace_at(x, draw.index, faulty, self.spec.gradient)
 
     # -- float tensors need a format ---------------------------------------------------------
@@ -223,10 +240,16 @@ class _SiteRuntime:
             if self.weight_qparams is None:
                 axis = 0 if x.dim() > 1 else None
                 scale, zero = calibrate(fmt, x, axis)
-                self.weight_qparams = (scale.to(x.device), zero.to(x.device), axis)
+                zero = None if fmt.signed else zero.to(x.device)
+                self.weight_qparams = (scale.to(x.device), zero, axis)
             return self.weight_qparams
+        if fmt.signed:  # per-tensor symmetric scale as a Python number: 3 tensor ops
+            low, high = torch.aminmax(x.detach())
+            peak = float(torch.maximum(high, -low)) if x.numel() else 0.0
+            if math.isfinite(peak):
+                return (peak / fmt.code_max if peak > 0 else 1.0), None, None
         scale, zero = calibrate(fmt, x, None)
-        return scale, zero, None
+        return scale, (None if fmt.signed else zero), None
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -243,6 +266,21 @@ def _expand_over_batch(draw: FaultDraw, batch: int, per_image: int) -> FaultDraw
                      repeat(draw.value), None)
 
 
+def _one_flip_per_image(fault, shape: tuple[int, ...], fmt: NumberFormat, seed: int) -> FaultDraw | None:
+    """``BitFlip(count=1)`` in each image of a small batch: a few Python integers beat a dozen
+    small tensor operations. None when the fault is not of that kind."""
+    batch = shape[0]
+    if not (isinstance(fault, BitFlip) and fault.count == 1 and fault.bits is None and batch <= 256):
+        return None
+    per_image = _numel(shape[1:])
+    rng = random.Random(seed)
+    picks = [rng.randrange(per_image * fmt.bits) for _ in range(batch)]
+    rows = [[b * per_image + p // fmt.bits for b, p in enumerate(picks)],
+            [p % fmt.bits for p in picks], [1 << (p % fmt.bits) for p in picks]]
+    table = torch.tensor(rows, dtype=torch.int64)
+    return FaultDraw(table[0], "xor", table[2], None, table[:2].t())
+
+
 def _per_image_draw(fault, shape: tuple[int, ...], fmt: NumberFormat, gen: torch.Generator) -> FaultDraw:
     """Independent draws for each image of a batch (dim 0)."""
     batch, per_image = shape[0], _numel(shape[1:])
@@ -252,18 +290,170 @@ def _per_image_draw(fault, shape: tuple[int, ...], fmt: NumberFormat, gen: torch
         picks = torch.randint(population, (batch, fault.count), generator=gen)
         if fault.count > 1:  # redraw whole rows that repeat a site: uniform over distinct tuples
             while True:
-                ordered = picks.sort(dim=1).values
-                bad = (ordered[:, 1:] == ordered[:, :-1]).any(dim=1)
+                picks = picks.sort(dim=1).values
+                bad = (picks[:, 1:] == picks[:, :-1]).any(dim=1)
                 if not bool(bad.any()):
                     break
                 picks[bad] = torch.randint(population, (int(bad.sum()), fault.count), generator=gen)
         elements = (picks // fmt.bits + torch.arange(batch).unsqueeze(1) * per_image).reshape(-1)
         bits = (picks % fmt.bits).reshape(-1)
-        index, inverse = torch.unique(elements, return_inverse=True)
-        mask = torch.zeros(index.numel(), dtype=torch.int64).index_add_(0, inverse, torch.ones_like(bits) << bits)
+        index, mask, _ = _group_bit_sites(elements, bits)
         return FaultDraw(index, "xor", mask, None, torch.stack([elements, bits], 1))
     draws = [draw_faults(fault, shape[1:], fmt, gen).offset(b * per_image) for b in range(batch)]
     return FaultDraw.cat(draws)
+
+
+def _groupable(fault) -> bool:
+    """Faults whose joint draw over several tensors equals independent draws per tensor."""
+    if isinstance(fault, BitFlip):
+        return fault.ber is not None
+    if isinstance(fault, StuckAt):
+        return fault.rate is not None
+    return isinstance(fault, (RandomValue, LSBFlip, MSBFlip, FullFlip))
+
+
+class _ParamGroup:
+    """All float-parameter sites of one spec, drawn and faulted together once per model forward.
+
+    One binomial count and one set of distinct positions over the concatenated parameters
+    (for Bernoulli-type faults the same distribution as independent per-tensor draws), then one
+    vectorized codec pass over every faulted value: the cost per forward is O(number of faults)
+    plus a few operations per tensor, whatever the number of tensors.
+    """
+
+    def __init__(self, handle: "InjectionHandle", spec_id: int, sites: list[_SiteRuntime]):
+        self.handle = handle
+        self.spec_id = spec_id
+        self.spec = sites[0].spec
+        self.sites = sites
+        self.permanent: torch.Tensor | None = None
+        self.permanent_draw: FaultDraw | None = None
+        self.tables: dict | None = None
+
+    @staticmethod
+    def build(handle: "InjectionHandle") -> list["_ParamGroup"]:
+        groups = []
+        for spec_id, spec in enumerate(handle.specs):
+            if spec.site not in (Site.WEIGHT, Site.BIAS) or spec.layer_mode != "all" or not _groupable(spec.fault):
+                continue
+            sites = [s for s in handle.sites if s.spec_id == spec_id and s.prepared_capable]
+            if len(sites) > 1:
+                groups.append(_ParamGroup(handle, spec_id, sites))
+        return groups
+
+    def invalidate(self) -> None:
+        self.permanent_draw = None
+        self.tables = None
+
+    def _tables(self, params: list[torch.Tensor]) -> dict | None:
+        """Offsets of each tensor in the joint index space and per-element scale lookup tables."""
+        device = params[0].device
+        if self.tables is not None and self.tables["device"] == device:
+            return self.tables
+        if any(p.device != device for p in params):
+            return None
+        fmt = self.spec.format
+        sizes = [p.numel() for p in params]
+        starts = [0]
+        for size in sizes[:-1]:
+            starts.append(starts[-1] + size)
+        tables = {"device": device, "sizes": sizes, "total": sum(sizes),
+                  "ends": torch.tensor([st + sz for st, sz in zip(starts, sizes)], dtype=torch.int64, device=device),
+                  "starts": torch.tensor(starts, dtype=torch.int64, device=device), "scale": None, "zero": None}
+        if isinstance(fmt, IntFormat):
+            scales, zeros, channel_start, inner = [], [], [], []
+            first_channel = 0
+            for site, param in zip(self.sites, params):
+                scale, zero, axis = site.float_qparams(param, fmt, is_weight=True)
+                scale = torch.as_tensor(scale, dtype=torch.float32, device=device).reshape(-1)
+                zero = torch.as_tensor(0 if zero is None else zero, dtype=torch.int32, device=device).reshape(-1)
+                channels = scale.numel()
+                zeros.append(zero.expand(channels))
+                scales.append(scale)
+                channel_start.append(first_channel)
+                inner.append(param.numel() // channels)
+                first_channel += channels
+            tables["scale"] = torch.cat(scales)
+            tables["zero"] = None if fmt.signed else torch.cat(zeros)
+            tables["channel_start"] = torch.tensor(channel_start, dtype=torch.int64, device=device)
+            tables["inner"] = torch.tensor(inner, dtype=torch.int64, device=device)
+        self.tables = tables
+        return tables
+
+    def _draw(self, tables: dict) -> FaultDraw:
+        spec, handle = self.spec, self.handle
+        if spec.permanent and self.permanent_draw is not None:
+            return self.permanent_draw
+        kind, counter = ("permanent", handle.generation) if spec.permanent else ("transient", handle.forward_count)
+        gen = make_generator(handle.seeds[self.spec_id], self.spec_id, "group", spec.site.value, kind, counter)
+        draw = draw_faults(spec.fault, (tables["total"],), spec.format, gen).to(tables["device"])
+        if spec.permanent:
+            self.permanent_draw = draw
+        return draw
+
+    @torch.no_grad()
+    def prepare(self, modules: list[nn.Module]) -> dict[int, tuple]:
+        """Draw this forward's faults and compute every faulted value (O(number of faults)).
+
+        Returns ``{id(site): (index, clean values, faulty values)}`` for the active sites.
+        """
+        active = [site.active(module.training) for site, module in zip(self.sites, modules)]
+        if not any(active):
+            return {}
+        pname = self.spec.site.value
+        params = [module._parameters[pname] for module in modules]
+        tables = self._tables(params)
+        if tables is None:  # parameters on several devices: the sites draw one by one
+            return {}
+        fmt = self.spec.format
+        draw = self._draw(tables)
+        index = draw.index
+        owner = torch.searchsorted(tables["ends"], index, right=True)
+        local = index - tables["starts"][owner]
+        counts = torch.bincount(owner, minlength=len(params)).tolist()
+        local_parts = local.split(counts)
+        clean = torch.cat([param.detach().reshape(-1).index_select(0, part) for param, part in zip(params, local_parts)])
+        if isinstance(fmt, IntFormat):
+            channel = tables["channel_start"][owner] + local // tables["inner"][owner]
+            scale = tables["scale"][channel]
+            zero = None if tables["zero"] is None else tables["zero"][channel]
+            old = fmt.encode(clean, scale, zero)
+            new = apply_to_codes(fmt, old, draw)
+            new = torch.where(torch.isfinite(clean), new, old)
+            faulty = fmt.decode(new, scale, zero, dtype=clean.dtype)
+        else:
+            old = fmt.encode(clean)
+            new = apply_to_codes(fmt, old, draw)
+            faulty = fmt.decode(new, dtype=clean.dtype)
+        faulty = torch.where(new != old, faulty, clean)
+        observe = self.spec.track_statistics or bool(self.handle._listeners)
+        ends = torch.tensor(counts).cumsum(0).tolist() if observe else [0] * len(counts)
+        parts = zip(self.sites, params, active, local_parts, clean.split(counts), faulty.split(counts),
+                    old.split(counts), new.split(counts), ends)
+        out = {}
+        for site, param, is_active, part, c, f, o, n, end in parts:
+            if not is_active:
+                continue
+            out[id(site)] = (part, c, f)
+            if observe:
+                site_draw = self._site_draw(draw, part, end - len(part), end, index, tables, site, param)
+                if site.spec.track_statistics:
+                    scale_, zero_, axis_ = site.float_qparams(param, fmt, is_weight=True)
+                    site._record(param, fmt, scale_, zero_, axis_, o, n, c, f)
+                self.handle._notify(site, site_draw, o, n)
+        return out
+
+    def _site_draw(self, draw: FaultDraw, local: torch.Tensor, lo: int, hi: int, index: torch.Tensor,
+                   tables: dict, site: _SiteRuntime, param: torch.Tensor) -> FaultDraw:
+        """The part of the joint draw that falls in one tensor, in its own flat indices."""
+        offset = int(tables["starts"][self.sites.index(site)])
+        sites = None
+        if draw.bit_sites is not None:
+            elements = draw.bit_sites[:, 0].contiguous()
+            bounds = torch.tensor([offset, offset + param.numel()], device=elements.device)
+            first, last = torch.searchsorted(elements, bounds).tolist()
+            sites = draw.bit_sites[first:last] - torch.tensor([offset, 0], device=elements.device)
+        return FaultDraw(local, draw.op, draw.mask[lo:hi], None if draw.value is None else draw.value[lo:hi], sites)
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,7 +463,8 @@ def _per_image_draw(fault, shape: tuple[int, ...], fmt: NumberFormat, gen: torch
 class InjectionHandle:
     """Returned by :func:`inject`: switch faults on and off, redraw them, undo the injection.
 
-    Use as a context manager to remove the injection on exit.
+    Use as a context manager to remove the injection on exit. Deep copies of an injected model
+    share the handle (and fault their own tensors).
     """
 
     def __init__(self, model: nn.Module, specs: Sequence[InjectSpec]):
@@ -286,9 +477,17 @@ class InjectionHandle:
         self.seeds = [s.seed if s.seed is not None else secrets.randbits(63) for s in self.specs]
         self.sites: list[_SiteRuntime] = []
         self.chosen: dict[int, int] = {}
+        self.param_groups: list[_ParamGroup] = []
+        self._param_sites: list[_SiteRuntime] = []
         self._undo: list = []
         self._listeners: list = []
         self._removed = False
+        self._depth = 0
+        self._site_counts: list[int] = []
+        self._per_forward: list[int] = []
+        self._run_hooks: dict[int, list] = {}      # spec id -> hooks of its random_per_run layer
+        self._forward_hooks: list = []              # hooks of this forward's random layers
+        self._restore: list = []                    # undo of this forward's parameter faults
 
     # -- public ------------------------------------------------------------------------------
     def enable(self) -> "InjectionHandle":
@@ -307,13 +506,20 @@ class InjectionHandle:
         for site in self.sites:
             site.permanent_draws.clear()
             site.weight_qparams = None
+        for group in self.param_groups:
+            group.invalidate()
         self._choose_layers(self.generation)
         return self
 
     def remove(self) -> None:
-        """Detach every hook and wrapper; the model is bit-exactly as before :func:`inject`."""
+        """Detach every hook; the model is bit-exactly as before :func:`inject`."""
         if self._removed:
             return
+        self._undo_forward()
+        for hooks in self._run_hooks.values():
+            for hook in hooks:
+                hook.remove()
+        self._run_hooks.clear()
         for undo in reversed(self._undo):
             undo()
         self._undo.clear()
@@ -331,46 +537,118 @@ class InjectionHandle:
     def num_sites(self) -> int:
         return len(self.sites)
 
+    def add_listener(self, fn) -> None:
+        """``fn(site_name, draw, old_codes, new_codes)`` is called for every faulted tensor."""
+        self._listeners.append(fn)
+
     def __enter__(self) -> "InjectionHandle":
         return self
 
     def __exit__(self, *exc) -> None:
         self.remove()
 
+    def __deepcopy__(self, memo) -> "InjectionHandle":
+        return self
+
     def __repr__(self) -> str:
         return f"InjectionHandle(sites={len(self.sites)}, enabled={self.enabled}, seeds={self.seeds})"
 
     # -- internals ---------------------------------------------------------------------------
-    def add_listener(self, fn) -> None:
-        """``fn(site_name, draw, old_codes, new_codes)`` is called for every faulted tensor."""
-        self._listeners.append(fn)
-
     def _notify(self, site: _SiteRuntime, draw: FaultDraw, old, new) -> None:
         for fn in self._listeners:
             fn(site.stats.name, draw, old, new)
 
-    def _choose_layers(self, counter: int) -> None:
-        for spec_id, spec in enumerate(self.specs):
-            if spec.layer_mode == "all":
-                continue
-            count = sum(1 for s in self.sites if s.spec_id == spec_id)
-            gen = make_generator(self.seeds[spec_id], spec_id, "layer", spec.layer_mode, counter)
-            self.chosen[spec_id] = int(torch.randint(count, (1,), generator=gen))
+    def _choose_layer(self, spec_id: int, kind: str, counter: int) -> int:
+        count = self._site_counts[spec_id]
+        self.chosen[spec_id] = uniform_index(count, self.seeds[spec_id], spec_id, "layer", kind, counter)
+        return self.chosen[spec_id]
 
-    def _on_model_forward(self, module, args) -> None:
+    def _site_of(self, spec_id: int, position: int) -> _SiteRuntime:
+        return self._by_position[spec_id, position]
+
+    def _choose_layers(self, counter: int) -> None:
+        self._site_counts = [sum(1 for s in self.sites if s.spec_id == i) for i in range(len(self.specs))]
+        self._by_position = {(s.spec_id, s.position): s for s in self.sites}
+        self._per_forward = [i for i, s in enumerate(self.specs) if s.layer_mode == "random_per_forward"]
+        for spec_id, spec in enumerate(self.specs):
+            if spec.layer_mode == "random_per_run":
+                for hook in self._run_hooks.pop(spec_id, []):
+                    hook.remove()
+                site = self._site_of(spec_id, self._choose_layer(spec_id, "run", counter))
+                self._run_hooks[spec_id] = site.attach() if site.attach else []
+
+    def _modules_for(self, model: nn.Module) -> list[nn.Module]:
+        """The modules of the parameter sites in ``model`` (the injected model or a deep copy)."""
+        if model is self.model:
+            return [site.module for site in self._param_sites]
+        return [model.get_submodule(site.name) for site in self._param_sites]
+
+    def _on_model_forward(self, model, args) -> None:
+        self._depth += 1
+        if self._depth > 1:  # a re-entrant call: the outer forward already set everything up
+            return
         self.forward_count += 1
-        if any(s.layer_mode == "random_per_forward" for s in self.specs):
-            for spec_id, spec in enumerate(self.specs):
-                if spec.layer_mode == "random_per_forward":
-                    count = sum(1 for s in self.sites if s.spec_id == spec_id)
-                    gen = make_generator(self.seeds[spec_id], spec_id, "layer", "forward", self.forward_count)
-                    self.chosen[spec_id] = int(torch.randint(count, (1,), generator=gen))
+        for spec_id in self._per_forward:
+            site = self._site_of(spec_id, self._choose_layer(spec_id, "forward", self.forward_count))
+            if site.attach and self.enabled:
+                self._forward_hooks.extend(site.attach())
+        if self.enabled and self._param_sites:
+            self._apply_params(self._modules_for(model))
+
+    def _after_model_forward(self, model, args, out) -> None:
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0:
+            self._undo_forward()
+
+    def _undo_forward(self) -> None:
+        for hook in self._forward_hooks:
+            hook.remove()
+        self._forward_hooks.clear()
+        while self._restore:
+            self._restore.pop()()
+
+    def _apply_params(self, modules: list[nn.Module]) -> None:
+        """Fault every active float-parameter site for the duration of this forward."""
+        by_site = dict(zip(map(id, self._param_sites), modules))
+        prepared: dict[int, tuple] = {}
+        for group in self.param_groups:
+            prepared.update(group.prepare([by_site[id(s)] for s in group.sites]))
+        for site, module in zip(self._param_sites, modules):
+            pname = site.spec.site.value
+            param = module._parameters.get(pname)
+            if param is None or not site.active(module.training):
+                continue
+            if id(site) in prepared:
+                index, clean, faulty = prepared[id(site)]
+            else:
+                fmt = site.spec.format
+                scale, zero, axis = site.float_qparams(param, fmt, is_weight=True)
+                draw = site.draw(tuple(param.shape), fmt, param.device, batched=False)
+                if len(draw) == 0:
+                    if site.spec.track_statistics:
+                        site.stats.record(param.numel(), 0, 0.0, 0.0, 0.0, 0.0)
+                    continue
+                index = draw.index
+                clean, faulty = site.faulty_values(param, fmt, scale, zero, axis, draw)
+            if index.numel() == 0:
+                continue
+            if (torch.is_grad_enabled() and param.requires_grad) or not param.is_contiguous():
+                # a faulty copy shadows the parameter; parameter order and identity never change
+                module.__dict__[pname] = replace_at(param, index, faulty, site.spec.gradient)
+                self._restore.append(lambda m=module, n=pname: m.__dict__.pop(n, None))
+            else:
+                # inference: write the faulted entries in place, restore them exactly afterwards
+                flat = param.data.view(-1)
+                flat.index_copy_(0, index, faulty)
+                self._restore.append(lambda f=flat, i=index, c=clean: f.index_copy_(0, i, c))
 
 
 def _attach(handle: InjectionHandle, site: _SiteRuntime) -> None:
+    """Prepare how ``site`` is faulted; hooks of ``layer_mode="all"`` sites are attached now."""
     spec, module = site.spec, site.module
     if spec.site is Site.WEIGHT and spec.format is None and _is_quant_proxy(getattr(module, "weight_quant", None)):
-        _attach_quant_output(handle, site, module.weight_quant, batched=False)
+        proxy = module.weight_quant
+        site.attach = lambda: [proxy.register_forward_hook(_quant_output_hook(site, batched=False))]
     elif spec.site in (Site.WEIGHT, Site.BIAS):
         if spec.format is None:
             raise QFaultConfigError(
@@ -378,14 +656,17 @@ def _attach(handle: InjectionHandle, site: _SiteRuntime) -> None:
                 f"for the float {spec.site.value} of module '{site.name}' ({type(module).__name__})",
                 hint="only Brevitas quantized weights carry their own format",
             )
-        _attach_param(handle, site, spec.site.value)
+        site.prepared_capable = True
+        handle._param_sites.append(site)
+        site.attach = None
+        return
     elif spec.site is Site.OUTPUT:
         if spec.format is None and _is_quant_proxy(getattr(module, "act_quant", None)):
-            _attach_quant_output(handle, site, module.act_quant, batched=True)
+            proxy = module.act_quant
+            site.attach = lambda: [proxy.register_forward_hook(_quant_output_hook(site, batched=True))]
         else:
             _require_format_or_quant(site)
-            hook = module.register_forward_hook(lambda m, args, out: _fault_any(site, m, out))
-            handle._undo.append(hook.remove)
+            site.attach = lambda: [module.register_forward_hook(lambda m, args, out: _fault_any(site, m, out))]
     else:  # INPUT
         _require_format_or_quant(site)
 
@@ -394,8 +675,10 @@ def _attach(handle: InjectionHandle, site: _SiteRuntime) -> None:
                 return None
             return (_fault_any(site, m, args[0]),) + tuple(args[1:])
 
-        hook = module.register_forward_pre_hook(pre_hook)
-        handle._undo.append(hook.remove)
+        site.attach = lambda: [module.register_forward_pre_hook(pre_hook)]
+    if spec.layer_mode == "all":
+        for hook in site.attach():
+            handle._undo.append(hook.remove)
 
 
 def _format_error(site: _SiteRuntime) -> QFaultConfigError:
@@ -427,11 +710,13 @@ def _fault_any(site: _SiteRuntime, module: nn.Module, x: Any) -> Any:
         if fmt is None:
             raise _format_error(site)
         scale, zero, axis = site.float_qparams(x, fmt, is_weight=False)
-        return site.corrupt(x, fmt, scale, zero, axis, batched=True)
+        # a per-tensor scale calibrated as a Python number proves the tensor finite
+        finite = isinstance(scale, float) and site.spec.scale is None
+        return site.corrupt(x, fmt, scale, zero, axis, batched=True, finite=finite)
     return x
 
 
-def _attach_quant_output(handle: InjectionHandle, site: _SiteRuntime, proxy: nn.Module, batched: bool) -> None:
+def _quant_output_hook(site: _SiteRuntime, batched: bool):
     owner = site.module
 
     def hook(m, args, out):
@@ -440,64 +725,7 @@ def _attach_quant_output(handle: InjectionHandle, site: _SiteRuntime, proxy: nn.
         fmt, scale, zero = _quant_params(out)
         return _replace_value(out, site.corrupt(out.value, fmt, scale, zero, None, batched=batched))
 
-    handle._undo.append(proxy.register_forward_hook(hook).remove)
-
-
-def _attach_param(handle: InjectionHandle, site: _SiteRuntime, pname: str) -> None:
-    """Fault a parameter for the duration of each forward (pre-hook on, post-hook off).
-
-    The hooks act on the module they are called for (a deep copy of the model faults its own
-    weights). In inference only the faulted entries are written in place and restored exactly
-    (O(number of faults)); with gradients a faulty copy shadows the parameter in the instance
-    dict, so parameter order and identity never change.
-    """
-    pending: dict[int, tuple] = {}
-
-    def restore(m: nn.Module) -> None:
-        entry = pending.pop(id(m), None)
-        if entry is None:
-            return
-        kind, param, index, clean = entry
-        if kind == "shadow":
-            m.__dict__.pop(pname, None)
-        else:
-            param.data.view(-1)[index] = clean
-
-    def pre_hook(m, args):
-        restore(m)  # a forward that raised before its post-hook ran
-        param = m._parameters.get(pname)
-        if param is None or not site.active(m.training):
-            return None
-        fmt = site.spec.format
-        scale, zero, axis = site.float_qparams(param, fmt, is_weight=True)
-        draw = site.draw(tuple(param.shape), fmt, param.device, batched=False)
-        if len(draw) == 0:
-            if site.spec.track_statistics:
-                site.stats.record(param.numel(), 0, 0.0, 0.0, 0.0, 0.0)
-            return None
-        clean, faulty = site.faulty_values(param, fmt, scale, zero, axis, draw)
-        if (torch.is_grad_enabled() and param.requires_grad) or not param.is_contiguous():
-            m.__dict__[pname] = replace_at(param, draw.index, faulty, site.spec.gradient)
-            pending[id(m)] = ("shadow", param, None, None)
-        else:
-            param.data.view(-1)[draw.index] = faulty
-            pending[id(m)] = ("inplace", param, draw.index, clean)
-        return None
-
-    def post_hook(m, args, out):
-        restore(m)
-        return None
-
-    module = site.module
-    pre = module.register_forward_pre_hook(pre_hook)
-    post = module.register_forward_hook(post_hook, always_call=True)
-
-    def undo():
-        pre.remove()
-        post.remove()
-        restore(module)
-
-    handle._undo.append(undo)
+    return hook
 
 
 def inject(model: nn.Module, spec: "InjectSpec | dict | Sequence[InjectSpec | dict]") -> InjectionHandle:
@@ -534,7 +762,9 @@ def inject(model: nn.Module, spec: "InjectSpec | dict | Sequence[InjectSpec | di
                 layer_id += 1
                 _attach(handle, site)
                 handle.sites.append(site)
+        handle.param_groups = _ParamGroup.build(handle)
         handle._undo.append(model.register_forward_pre_hook(handle._on_model_forward).remove)
+        handle._undo.append(model.register_forward_hook(handle._after_model_forward, always_call=True).remove)
         handle._choose_layers(0)
     except Exception:
         handle.remove()
