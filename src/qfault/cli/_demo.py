@@ -11,42 +11,19 @@ from pathlib import Path
 import torch
 
 from .._errors import QFaultConfigError, check_range
-from ..data import accuracy, build_model, load_digits_split, train_classifier
+from ..data import accuracy, load_demo_model, load_digits_split
 from ..faults import BitFlip, RandomValue, derive_seed
 from ..inject import InjectSpec, inject
 
 MODEL_NAME = "digits_cnn"
 
 
-def cache_dir(explicit: str | None = None) -> Path:
-    return Path(explicit or os.environ.get("QFAULT_CACHE") or Path.home() / ".cache" / "qfault")
-
-
-def load_or_train(args, data, console, progress_enabled: bool):
+def load_or_train(args, console, progress_enabled: bool):
     """The trained demo model, from the cache when a valid checkpoint is there."""
-    x_train, y_train, x_test, y_test = data
-    path = cache_dir(args.cache_dir) / f"{MODEL_NAME}_w8a8_e{args.epochs}.pt"
-    model = build_model(MODEL_NAME)
-    if path.exists() and not args.retrain:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(checkpoint["model_state_dict"])
-            console.print(f"Loaded cached model {path}")
-            return model.eval(), False
-        except Exception as exc:  # a corrupt cache is rebuilt, never trusted
-            console.print(f"[yellow]Cached model {path} is unreadable ({type(exc).__name__}: {exc}); retraining[/]")
-            model = build_model(MODEL_NAME)
-    start = time.monotonic()
     with _progress(progress_enabled, console) as bar:
         task = bar.add_task("training", total=args.epochs)
-        train_classifier(model, x_train, y_train, epochs=args.epochs, seed=0, time_limit_s=60.0,
-                         progress=lambda: bar.advance(task))
-    console.print(f"Trained {MODEL_NAME} in {time.monotonic() - start:.1f} s")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model_state_dict": model.state_dict(), "model": MODEL_NAME}, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache
-    return model.eval(), True
+        return load_demo_model(MODEL_NAME, epochs=args.epochs, cache=args.cache_dir, retrain=args.retrain,
+                               log=console.print, progress=lambda: bar.advance(task))
 
 
 class _NullProgress:
@@ -113,7 +90,7 @@ def run_demo(args) -> int:
     started = time.monotonic()
     data = load_digits_split()
     x_test, y_test = data[2], data[3]
-    model, trained = load_or_train(args, data, console, not args.no_progress)
+    model, trained = load_or_train(args, console, not args.no_progress)
     baseline = accuracy(model, x_test, y_test)
     console.print(f"Baseline accuracy (no faults): {baseline:.2f}% on {len(y_test)} test images")
 

@@ -45,6 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
 
+    campaign = sub.add_parser(
+        "campaign", help="run, resume, inspect or report a fault-injection campaign from a YAML spec",
+        description="Campaigns are YAML specs (see configs/campaign_digits.yaml). Results go to one "
+                    "SQLite store per campaign; a killed run resumes where it stopped.",
+    )
+    campaign.add_argument("action", choices=("run", "resume", "status", "report", "validate"))
+    campaign.add_argument("spec", help="campaign YAML file")
+    campaign.add_argument("overrides", nargs="*", metavar="key=value", help="override spec fields")
+    campaign.add_argument("--out", default=None, help="report folder (default: <store>.report)")
+    campaign.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    campaign.add_argument("--no-plot", action="store_true", help="report without PNG/HTML")
+
     ls = sub.add_parser("ls", help="list registered formats, fault models and demo models")
     ls.add_argument("what", nargs="?", choices=("formats", "faults", "models", "all"), default="all")
     return parser
@@ -68,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args)
         if args.command == "ls":
             return _ls(args.what)
+        if args.command == "campaign":
+            from ._campaign import run_campaign_command
+
+            return run_campaign_command(args)
     except Exception as exc:  # one clear line for bad input, no traceback
         from .._errors import QFaultConfigError
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -93,3 +95,43 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         logits = getattr(logits, "value", logits)
         correct += int((logits.argmax(dim=1) == y[i:i + batch_size]).sum())
     return 100.0 * correct / len(y)
+
+
+def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """Where trained demo models are cached: ``explicit``, ``$QFAULT_CACHE`` or ``~/.cache/qfault``."""
+    return Path(explicit or os.environ.get("QFAULT_CACHE") or Path.home() / ".cache" / "qfault")
+
+
+def load_demo_model(name: str = "digits_cnn", *, epochs: int = 15, cache: str | os.PathLike | None = None,
+                    retrain: bool = False, log: Callable[[str], None] = print,
+                    progress: Callable[[], None] | None = None) -> tuple[nn.Module, bool]:
+    """A trained demo model (eval mode), from the cache when a valid checkpoint is there.
+
+    Trains on the digits training split otherwise (about 10 s on 2 cores) and caches the
+    result atomically; a corrupt cache file is reported through ``log`` and rebuilt.
+
+    Returns:
+        ``(model, trained_now)``.
+    """
+    from ._digits import load_digits_split
+
+    path = cache_dir(cache) / f"{name}_w8a8_e{epochs}.pt"
+    model = build_model(name)
+    if path.exists() and not retrain:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(checkpoint["model_state_dict"])
+            log(f"Loaded cached model {path}")
+            return model.eval(), False
+        except Exception as exc:  # a corrupt cache is rebuilt, never trusted
+            log(f"Cached model {path} is unreadable ({type(exc).__name__}: {exc}); retraining")
+            model = build_model(name)
+    x_train, y_train, _, _ = load_digits_split()
+    start = time.monotonic()
+    train_classifier(model, x_train, y_train, epochs=epochs, seed=0, time_limit_s=60.0, progress=progress)
+    log(f"Trained {name} in {time.monotonic() - start:.1f} s")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"model_state_dict": model.state_dict(), "model": name}, tmp)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache
+    return model.eval(), True

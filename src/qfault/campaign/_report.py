@@ -1,0 +1,133 @@
+"""Campaign reports: JSON, CSV, PNG plots and one self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from pathlib import Path
+
+from ._runner import CampaignResult
+from ._store import CampaignStore
+
+OUTCOME_KEYS = ("masked", "non_critical", "sdc1", "due")
+
+
+def write_report(result: CampaignResult, store: CampaignStore, out: str | Path, plots: bool = True) -> list[Path]:
+    """Write ``summary.json``, ``points.csv``, ``trials.csv`` and (with ``plots``) PNGs and
+    ``report.html`` into ``out``; returns the written paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    summary = out / "summary.json"
+    summary.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    written.append(summary)
+    axes = list(result.spec.sweep)
+    points_csv = out / "points.csv"
+    with points_csv.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["point", *axes, "trials", "accuracy_mean", "accuracy_std", "accuracy_ci95",
+                         *[f"{k}_rate" for k in OUTCOME_KEYS], "sdc5_rate"])
+        for p in result.points:
+            writer.writerow([p.point, *[json.dumps(p.values.get(a)) for a in axes], p.trials,
+                             f"{p.accuracy_mean:.6f}", f"{p.accuracy_std:.6f}", f"{p.accuracy_ci:.6f}",
+                             *[f"{p.rates.get(k, {}).get('rate', 0.0):.6f}" for k in OUTCOME_KEYS + ("sdc5",)]])
+    written.append(points_csv)
+    trials_csv = out / "trials.csv"
+    with trials_csv.open("w", newline="") as f:
+        writer = csv.writer(f)
+        count_keys = sorted({k for row in store.trials() for k in row.counts})
+        writer.writerow(["point", "repetition", *axes, "seed", "accuracy", "faulted_values", "elapsed_s", *count_keys])
+        for row in store.trials():
+            writer.writerow([row.point, row.repetition, *[json.dumps(row.point_values.get(a)) for a in axes],
+                             row.seed, f"{row.accuracy:.6f}", row.faults, f"{row.elapsed_s:.4f}",
+                             *[row.counts.get(k, 0) for k in count_keys]])
+    written.append(trials_csv)
+    if plots and result.points:
+        written.extend(_plots(result, out))
+        written.append(_html(result, out, [p for p in written if p.suffix == ".png"]))
+    return written
+
+
+def _axis_values(result: CampaignResult) -> tuple[str, list]:
+    axes = list(result.spec.sweep)
+    if not axes:
+        return "point", [p.point for p in result.points]
+    axis = axes[0]
+    return axis, [p.values.get(axis) for p in result.points]
+
+
+def _plots(result: CampaignResult, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axis, xs = _axis_values(result)
+    numeric = all(isinstance(x, (int, float)) for x in xs)
+    positions = xs if numeric else list(range(len(xs)))
+    labels = [json.dumps(x) for x in xs]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    means = [p.accuracy_mean for p in result.points]
+    halves = [p.accuracy_ci if p.accuracy_ci != float("inf") else 0.0 for p in result.points]
+    ax.plot(positions, means, marker="o", label="faulty")
+    ax.fill_between(positions, [max(0.0, m - h) for m, h in zip(means, halves)],
+                    [min(100.0, m + h) for m, h in zip(means, halves)],
+                    alpha=0.25, label="95% CI")
+    ax.axhline(result.golden_accuracy, color="gray", linestyle="--", label="golden")
+    if numeric and all(x > 0 for x in xs) and max(xs) / min(xs) > 50:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(positions, labels, rotation=45, ha="right")
+    ax.set_xlabel(axis)
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(result.spec.name)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    path = out / "accuracy.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bottom = [0.0] * len(result.points)
+    for key in OUTCOME_KEYS:
+        heights = [100 * p.rates.get(key, {}).get("rate", 0.0) for p in result.points]
+        ax.bar(range(len(result.points)), heights, bottom=bottom, label=key)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_xticks(range(len(result.points)), labels, rotation=45, ha="right")
+    ax.set_xlabel(axis)
+    ax.set_ylabel("images (%)")
+    ax.set_title("outcome classes")
+    ax.legend()
+    fig.tight_layout()
+    path = out / "outcomes.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+    return paths
+
+
+def _html(result: CampaignResult, out: Path, images: list[Path]) -> Path:
+    rows = "".join(
+        f"<tr><td>{p.point}</td><td>{html.escape(json.dumps(p.values))}</td><td>{p.trials}</td>"
+        f"<td>{p.accuracy_mean:.2f} ± {p.accuracy_ci if p.accuracy_ci != float('inf') else float('nan'):.2f}</td>"
+        + "".join(f"<td>{100 * p.rates.get(k, {}).get('rate', 0.0):.2f}</td>" for k in OUTCOME_KEYS)
+        + "</tr>" for p in result.points)
+    pictures = "".join(
+        f'<img alt="{img.stem}" src="data:image/png;base64,{base64.b64encode(img.read_bytes()).decode()}">'
+        for img in images)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(result.spec.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}img{{max-width:48%}}</style>
+</head><body><h1>{html.escape(result.spec.name)}</h1>
+<p>Golden accuracy {result.golden_accuracy:.2f}% · spec fingerprint <code>{result.spec.fingerprint()[:16]}</code> ·
+<a href="summary.json">summary.json</a> · <a href="points.csv">points.csv</a> · <a href="trials.csv">trials.csv</a></p>
+<table><tr><th>point</th><th>values</th><th>trials</th><th>accuracy (%) ± 95% CI</th>
+{''.join(f'<th>{k} (%)</th>' for k in OUTCOME_KEYS)}</tr>{rows}</table>{pictures}</body></html>"""
+    path = out / "report.html"
+    path.write_text(page)
+    return path

@@ -1,0 +1,288 @@
+"""Running a campaign: golden run, trials per sweep point, stop rules, results in the store."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol
+
+import torch
+from torch import nn
+
+from .._errors import QFaultConfigError
+from ..faults import derive_seed
+from ..inject import InjectSpec, inject, select_modules
+from ._outcomes import classify
+from ._spec import CampaignSpec, point_faults
+from ._stats import leveugle_sample_size, mean_ci, population_std, wilson_interval
+from ._store import CampaignStore, TrialRow
+
+
+# --------------------------------------------------------------------------------------------
+# model and data
+
+
+def load_factory(path: str) -> Callable[..., Any]:
+    """Resolve ``package.module:function``."""
+    module_name, _, attr = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise QFaultConfigError("model.factory", path, "an importable 'package.module:function'",
+                                hint=f"{type(exc).__name__}: {exc}") from None
+
+
+def build_campaign_model(source, log: Callable[[str], None] = print) -> nn.Module:
+    """The model a campaign evaluates, in eval mode, on the CPU."""
+    if source.source == "demo":
+        from ..data import load_demo_model
+
+        model, _ = load_demo_model(source.name, log=log, **source.kwargs)
+        return model.eval()
+    factory = load_factory(source.factory)
+    model = factory(**source.kwargs)
+    if source.source == "checkpoint":
+        try:
+            state = torch.load(source.path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise QFaultConfigError("model.path", source.path, "an existing checkpoint file") from None
+        except Exception as exc:
+            raise QFaultConfigError("model.path", source.path, "a readable PyTorch checkpoint",
+                                    hint=f"{type(exc).__name__}: {exc}") from None
+        if isinstance(state, dict) and "model_state_dict" in state:
+            state = state["model_state_dict"]
+        try:
+            model.load_state_dict(state)
+        except Exception as exc:
+            raise QFaultConfigError("model.path", source.path, f"a state dict for {type(model).__name__}",
+                                    hint=str(exc).splitlines()[0]) from None
+    return model.eval()
+
+
+def load_batches(spec: CampaignSpec) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The evaluation batches, in a fixed order (held in memory for the whole campaign)."""
+    from ..data import build_dataset, make_loader
+
+    dataset = build_dataset(spec.dataset)
+    loader = make_loader(dataset, batch_size=spec.batch_size, limit=spec.limit)
+    return [(x, y) for x, y in loader]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Concatenated output logits ``[N, C]`` (float32, CPU)."""
+    outputs = []
+    for x, _ in batches:
+        out = model(x)
+        outputs.append(getattr(out, "value", out).detach().float().cpu())
+    return torch.cat(outputs)
+
+
+# --------------------------------------------------------------------------------------------
+# executors
+
+
+class Executor(Protocol):
+    """Runs trial functions; results come back as an iterator in any order."""
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterable[Any]: ...
+
+
+class LocalExecutor:
+    """In-process, one trial after another."""
+
+    def map(self, fn, items):
+        for item in items:
+            yield fn(item)
+
+
+# --------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class PointSummary:
+    """Aggregate of the trials of one sweep point."""
+
+    point: int
+    values: dict
+    trials: int
+    accuracy_mean: float
+    accuracy_std: float
+    accuracy_ci: float
+    counts: dict
+    rates: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class CampaignResult:
+    spec: CampaignSpec
+    golden_accuracy: float
+    points: list[PointSummary]
+    store: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.spec.name, "fingerprint": self.spec.fingerprint(), "store": self.store,
+                "golden_accuracy": self.golden_accuracy, "spec": self.spec.to_dict(),
+                "points": [p.to_dict() for p in self.points]}
+
+
+def summarize(spec: CampaignSpec, store: CampaignStore) -> CampaignResult:
+    """Per-point aggregates with confidence intervals, from the store alone."""
+    golden = store.golden()
+    golden_acc = float(golden["accuracy"]) if golden else float("nan")
+    by_point: dict[int, list[TrialRow]] = {}
+    for row in store.trials():
+        by_point.setdefault(row.point, []).append(row)
+    points = []
+    for index in sorted(by_point):
+        rows = by_point[index]
+        accs = [r.accuracy for r in rows]
+        mean, half = mean_ci(accs, confidence=0.95)
+        counts: dict[str, int] = {}
+        for r in rows:
+            for k, v in r.counts.items():
+                counts[k] = counts.get(k, 0) + v
+        images = counts.get("images", 0)
+        rates = {}
+        for key in ("masked", "non_critical", "sdc1", "sdc1_critical", "sdc5", "due") + tuple(
+                k for k in counts if k.startswith("sdc") and k.endswith("pct")):
+            if key in counts and images:
+                low, high = wilson_interval(counts[key], images)
+                rates[key] = {"rate": counts[key] / images, "low": low, "high": high}
+        points.append(PointSummary(index, rows[0].point_values, len(rows), mean, population_std(accs),
+                                   half, counts, rates))
+    return CampaignResult(spec, golden_acc, points, str(store.path))
+
+
+# --------------------------------------------------------------------------------------------
+# running
+
+
+def _repetitions(spec: CampaignSpec) -> int | None:
+    """Trials per point for the fixed and Leveugle rules; None for the adaptive CI rule."""
+    stop = spec.stop
+    if stop.rule == "fixed":
+        return spec.repetitions
+    if stop.rule == "leveugle":
+        population = float("inf") if stop.population == "inf" else stop.population
+        return leveugle_sample_size(population, stop.margin, stop.confidence, stop.p)
+    return None
+
+
+def trial_seed(spec: CampaignSpec, point: dict, repetition: int) -> int:
+    """Seed of one trial: from the campaign seed, the point's values and the repetition only,
+    so results do not depend on the executor, the order or the number of workers."""
+    return derive_seed(spec.seed, json.dumps(point, sort_keys=True), repetition) >> 1
+
+
+def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progress: bool = True,
+                 log: Callable[[str], None] = print, model: nn.Module | None = None,
+                 batches: list | None = None) -> CampaignResult:
+    """Run (or resume) a campaign; every completed trial is committed to the store at once.
+
+    Args:
+        spec: the campaign.
+        executor: where trials run (default: in this process).
+        progress: show a progress bar with ETA.
+        model, batches: override the spec's model / data (mainly for tests and notebooks).
+
+    Returns:
+        The :class:`CampaignResult` read back from the store.
+    """
+    executor = executor or LocalExecutor()
+    with CampaignStore(spec.store_path(), spec) as store:
+        model = model if model is not None else build_campaign_model(spec.model, log=log)
+        batches = batches if batches is not None else load_batches(spec)
+        golden = store.golden()
+        if golden is None:
+            logits = predict(model, batches)
+            labels = torch.cat([y for _, y in batches])
+            accuracy = 100.0 * float((logits.argmax(1) == labels).float().mean())
+            golden = {"logits": logits, "labels": labels, "accuracy": accuracy}
+            store.save_golden(golden)
+        base = [InjectSpec.from_dict(f) for f in spec.faults]
+        num_layers = None
+        if spec.sweep.get("indices") == "each":
+            first = {k: v for k, v in spec.faults[0].items() if k != "indices"}
+            num_layers = len(select_modules(model, InjectSpec.from_dict(first)))
+        points = spec.points(num_layers)
+        fixed = _repetitions(spec)
+        done = store.done()
+        planned = len(points) * (fixed if fixed is not None else spec.stop.max_repetitions)
+        del base
+
+        def run_trial(item: tuple[int, dict, int]) -> TrialRow:
+            index, point, repetition = item
+            seed = trial_seed(spec, point, repetition)
+            specs = [InjectSpec.from_dict({**f, "seed": derive_seed(seed, i) >> 1})
+                     for i, f in enumerate(point_faults(spec.faults, point))]
+            faulted = [0]
+            start = time.monotonic()
+            with inject(model, specs) as handle:
+                handle.add_listener(lambda name, draw, old, new: faulted.__setitem__(0, faulted[0] + int((old != new).sum())))
+                logits = predict(model, batches)
+            outcome = classify(golden["logits"], logits, golden["labels"], atol=spec.atol,
+                               sdc_thresholds=spec.sdc_thresholds)
+            counts = outcome.counts()
+            accuracy = 100.0 * counts["correct_faulty"] / max(1, counts["images"])
+            return TrialRow(index, repetition, point, seed, accuracy, counts, faulted[0], time.monotonic() - start)
+
+        bar = _Progress(progress, total=planned, completed=len(done))
+        try:
+            for index, point in enumerate(points):
+                if fixed is not None:
+                    todo = [(index, point, r) for r in range(fixed) if (index, r) not in done]
+                    for row in executor.map(run_trial, todo):
+                        store.add_trial(row)
+                        bar.advance()
+                    continue
+                # adaptive: repeat until the CI of the accuracy is narrow enough
+                stop = spec.stop
+                accs = [r.accuracy for r in store.trials() if r.point == index]
+                repetition = len(accs)
+                while repetition < stop.max_repetitions:
+                    if repetition >= stop.min_repetitions and mean_ci(accs, stop.confidence)[1] <= stop.half_width:
+                        break
+                    if (index, repetition) not in done:
+                        row = next(iter(executor.map(run_trial, [(index, point, repetition)])))
+                        store.add_trial(row)
+                        accs.append(row.accuracy)
+                    repetition += 1
+                    bar.advance()
+        finally:
+            bar.close()
+        return summarize(spec, store)
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int, completed: int):
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            self.bar.start()
+            self.task = self.bar.add_task("trials", total=total, completed=completed)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def campaign_status(spec: CampaignSpec) -> dict:
+    """Completed trials and the spec fingerprint of an existing store."""
+    with CampaignStore(spec.store_path(), spec, create=False) as store:
+        fixed = _repetitions(spec)
+        return {"store": str(store.path), "fingerprint": spec.fingerprint(), "completed": store.count(),
+                "per_point": fixed, "golden": store.golden() is not None}

@@ -1,0 +1,296 @@
+"""Campaign specifications: validated YAML <-> frozen dataclasses, fingerprints and diffs.
+
+A campaign evaluates a model on a data set under fault specs (``InjectSpec`` dicts), over the
+points of a sweep (dotted paths into the first fault spec, e.g. ``fault.ber``), with repetitions
+decided by a stop rule: a fixed count, the sample size of Leveugle et al. (DATE 2009), or "until
+the confidence interval of the accuracy is narrower than x".
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._errors import QFaultConfigError, check_choice, check_range
+
+SPEC_VERSION = 1
+STOP_RULES = ("fixed", "leveugle", "ci")
+MODEL_SOURCES = ("demo", "checkpoint", "factory")
+#: spec keys that do not change results (excluded from the fingerprint)
+NON_SEMANTIC = ("name", "store", "progress")
+
+
+def _unknown(section: str, data: dict, allowed: tuple[str, ...]) -> None:
+    for key in data:
+        if key not in allowed:
+            raise QFaultConfigError(f"{section}.{key}" if section else key, data[key],
+                                    "keys " + ", ".join(allowed), hint="unknown key")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model comes from.
+
+    ``source="demo"``: a registered demo model (``name``), trained once and cached.
+    ``source="checkpoint"``: ``factory`` builds the architecture (``package.module:function``,
+    called with ``kwargs``) and ``path`` holds a state dict (or ``{"model_state_dict": ...}``).
+    ``source="factory"``: ``factory`` returns the ready model.
+    """
+
+    source: str = "demo"
+    name: str = "digits_cnn"
+    path: str | None = None
+    factory: str | None = None
+    kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_choice("model.source", self.source, MODEL_SOURCES)
+        if self.source in ("checkpoint", "factory") and not self.factory:
+            raise QFaultConfigError("model.factory", self.factory, "'package.module:function' for source "
+                                    f"{self.source!r}")
+        if self.factory is not None and (":" not in self.factory or self.factory.count(":") != 1):
+            raise QFaultConfigError("model.factory", self.factory, "'package.module:function'")
+        if self.source == "checkpoint" and not self.path:
+            raise QFaultConfigError("model.path", self.path, "the path of a checkpoint file")
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """How many repetitions each sweep point gets.
+
+    ``fixed``: ``repetitions``. ``leveugle``: the statistical sample size for fault population
+    ``population`` (an int, or ``"inf"``), error ``margin`` (fraction), ``confidence`` and ``p``.
+    ``ci``: repeat until the ``confidence`` interval half-width of the accuracy (percentage
+    points) is at most ``half_width``, between ``min_repetitions`` and ``max_repetitions``.
+    """
+
+    rule: str = "fixed"
+    margin: float = 0.05
+    confidence: float = 0.95
+    p: float = 0.5
+    population: Any = "inf"
+    half_width: float = 1.0
+    min_repetitions: int = 3
+    max_repetitions: int = 100
+
+    def __post_init__(self) -> None:
+        check_choice("stop.rule", self.rule, STOP_RULES)
+        check_range("stop.margin", self.margin, 1e-9, 0.999999)
+        check_range("stop.confidence", self.confidence, 1e-9, 0.999999)
+        check_range("stop.p", self.p, 1e-9, 0.999999)
+        if self.population != "inf":
+            check_range("stop.population", self.population, 1, 2**62, integer=True)
+        check_range("stop.half_width", self.half_width, 1e-9, 100.0)
+        check_range("stop.min_repetitions", self.min_repetitions, 2, 10**7, integer=True)
+        check_range("stop.max_repetitions", self.max_repetitions, self.min_repetitions, 10**7, integer=True)
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """A whole campaign. See ``configs/campaign_digits.yaml`` for a commented example.
+
+    Args:
+        name: label used in reports and the default store file name.
+        seed: campaign seed; trial seeds derive from (seed, sweep point, repetition).
+        model: a :class:`ModelSource` (or its dict).
+        dataset: a dataset name or dict for ``qfault.data.build_dataset``.
+        batch_size: evaluation batch size.
+        limit: evaluate only the first ``limit`` images (None: all).
+        faults: fault specs (dicts of ``InjectSpec`` fields), applied together in every trial.
+        sweep: ``{dotted path in faults[0]: [values]}``; the points are the cartesian product.
+            The special value ``"each"`` for ``indices`` sweeps every matching layer.
+        repetitions: trials per point for the ``fixed`` rule.
+        stop: a :class:`StopRule` (or its dict).
+        atol: outputs equal within ``atol`` count as masked.
+        sdc_thresholds: SDC-x% thresholds in percent.
+        store: SQLite file of the results (default ``<name>.qfault.db``).
+    """
+
+    name: str = "campaign"
+    seed: int = 0
+    model: Any = field(default_factory=ModelSource)
+    dataset: Any = "digits"
+    batch_size: int = 256
+    limit: int | None = None
+    faults: tuple = ()
+    sweep: dict = field(default_factory=dict)
+    repetitions: int = 5
+    stop: Any = field(default_factory=StopRule)
+    atol: float = 0.0
+    sdc_thresholds: tuple = (10.0, 20.0)
+    store: str | None = None
+
+    def __post_init__(self) -> None:
+        from ..inject import InjectSpec
+
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        if not isinstance(self.name, str) or not self.name:
+            raise QFaultConfigError("name", self.name, "a non-empty string")
+        check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
+        if isinstance(self.model, dict):
+            _unknown("model", self.model, tuple(ModelSource.__dataclass_fields__))
+            set_("model", ModelSource(**self.model))
+        if isinstance(self.stop, dict):
+            _unknown("stop", self.stop, tuple(StopRule.__dataclass_fields__))
+            set_("stop", StopRule(**self.stop))
+        check_range("batch_size", self.batch_size, 1, 10**7, integer=True)
+        if self.limit is not None:
+            check_range("limit", self.limit, 1, 10**12, integer=True)
+        check_range("repetitions", self.repetitions, 1, 10**7, integer=True)
+        check_range("atol", self.atol, 0.0, 1e30)
+        faults = self.faults if isinstance(self.faults, (list, tuple)) else [self.faults]
+        if not faults:
+            raise QFaultConfigError("faults", list(faults), "a list with at least one fault spec")
+        normalized = []
+        for i, item in enumerate(faults):
+            spec = item if isinstance(item, InjectSpec) else _inject_spec(f"faults[{i}]", item)
+            normalized.append(spec.to_dict())
+        set_("faults", tuple(normalized))
+        if not isinstance(self.sweep, dict):
+            raise QFaultConfigError("sweep", self.sweep, "a mapping {dotted.path: [values]}")
+        for path, values in self.sweep.items():
+            if not isinstance(values, (list, tuple)) and values != "each":
+                raise QFaultConfigError(f"sweep.{path}", values, "a list of values (or 'each' for indices)")
+            if values == "each" and path != "indices":
+                raise QFaultConfigError(f"sweep.{path}", values, "a list ('each' only applies to indices)")
+        for point in self.points():  # every point must be a valid InjectSpec
+            _inject_spec("sweep", point_faults(self.faults, point)[0], sweep_point=point)
+        thresholds = tuple(float(t) for t in self.sdc_thresholds)
+        for t in thresholds:
+            check_range("sdc_thresholds", t, 0.0, 1e6)
+        set_("sdc_thresholds", thresholds)
+
+    # -- sweep -------------------------------------------------------------------------------
+    def points(self, num_layers: int | None = None) -> list[dict]:
+        """The sweep points in order (``[{}]`` without a sweep). ``"each"`` needs ``num_layers``."""
+        axes = []
+        for path, values in self.sweep.items():
+            if values == "each":
+                values = [[i] for i in range(num_layers)] if num_layers is not None else [[0]]
+            axes.append([(path, v) for v in values])
+        return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
+
+    # -- identity ----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["faults"] = [dict(f) for f in self.faults]
+        out["sdc_thresholds"] = list(self.sdc_thresholds)
+        out["version"] = SPEC_VERSION
+        return json.loads(json.dumps(out, default=str))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical JSON of every field that changes results."""
+        data = {k: v for k, v in self.to_dict().items() if k not in NON_SEMANTIC}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CampaignSpec":
+        if not isinstance(data, dict):
+            raise QFaultConfigError("campaign", type(data).__name__, "a mapping of campaign fields")
+        data = dict(data)
+        version = data.pop("version", SPEC_VERSION)
+        if version != SPEC_VERSION:
+            raise QFaultConfigError("version", version, str(SPEC_VERSION))
+        _unknown("", data, tuple(cls.__dataclass_fields__))
+        if isinstance(data.get("sdc_thresholds"), list):
+            data["sdc_thresholds"] = tuple(data["sdc_thresholds"])
+        if isinstance(data.get("faults"), list):
+            data["faults"] = tuple(data["faults"])
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "CampaignSpec":
+        """Load a YAML file; ``overrides`` are ``key=value`` strings (dotted keys, YAML values)."""
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise QFaultConfigError("spec", str(path), "an existing YAML file") from None
+        except yaml.YAMLError as exc:
+            raise QFaultConfigError("spec", str(path), "valid YAML", hint=str(exc).splitlines()[0]) from None
+        data = data or {}
+        for item in overrides:
+            if "=" not in item:
+                raise QFaultConfigError("override", item, "key=value")
+            key, value = item.split("=", 1)
+            keys = key.split(".")
+            if keys[0] == "sweep" and len(keys) > 1:  # sweep keys are dotted paths themselves
+                keys = ["sweep", ".".join(keys[1:])]
+            _set_path(data, keys, yaml.safe_load(value))
+        store = data.get("store")
+        if store is None:  # next to the spec file
+            data["store"] = str(path.with_suffix(".qfault.db"))
+        elif not Path(store).is_absolute():  # relative to the spec file
+            data["store"] = str(path.parent / store)
+        return cls.from_dict(data)
+
+    def store_path(self) -> Path:
+        return Path(self.store or f"{self.name}.qfault.db")
+
+
+def _inject_spec(field_name: str, data: Any, sweep_point: dict | None = None):
+    from ..inject import InjectSpec
+
+    if not isinstance(data, dict):
+        raise QFaultConfigError(field_name, data, "a mapping of InjectSpec fields")
+    try:
+        return InjectSpec.from_dict(data)
+    except QFaultConfigError as exc:
+        where = f"{field_name}.{exc.field}" if sweep_point is None else f"sweep {sweep_point}: {exc.field}"
+        raise QFaultConfigError(where, exc.value, exc.allowed) from None
+    except TypeError as exc:
+        raise QFaultConfigError(field_name, data, "InjectSpec fields", hint=str(exc)) from None
+
+
+def _set_path(data: dict, keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        if key.isdigit() and isinstance(data, list):
+            data = data[int(key)]
+        else:
+            data = data.setdefault(key, {})
+    last = keys[-1]
+    if last.isdigit() and isinstance(data, list):
+        data[int(last)] = value
+    else:
+        data[last] = value
+
+
+def point_faults(faults: tuple, point: dict) -> list[dict]:
+    """The fault spec dicts of a sweep point (paths apply to ``faults[0]``)."""
+    out = [copy.deepcopy(f) for f in faults]
+    for path, value in point.items():
+        _set_path(out[0], path.split("."), value)
+    return out
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": 1}`` style view of nested dicts and lists."""
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    if isinstance(data, list):
+        out = {}
+        for i, value in enumerate(data):
+            out.update(flatten(value, f"{prefix}{i}."))
+        return out or {prefix.rstrip("."): []}
+    return {prefix.rstrip("."): data}
+
+
+def spec_diff(old: dict, new: dict) -> list[str]:
+    """Readable lines ``key: old -> new`` for every semantic difference between two spec dicts."""
+    a = flatten({k: v for k, v in old.items() if k not in NON_SEMANTIC})
+    b = flatten({k: v for k, v in new.items() if k not in NON_SEMANTIC})
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            lines.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+    return lines

@@ -1,0 +1,213 @@
+"""Campaign engine end to end: specs, the SQLite store, resume after kill -9, stop rules, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qfault import QFaultConfigError
+from qfault.campaign import CampaignSpec, CampaignStore, StoreMismatch, run_campaign, spec_diff
+from qfault.campaign._stats import leveugle_sample_size
+from qfault.cli.main import main
+
+FACTORY = "qfault.testing:tiny_digits_mlp"
+
+
+def spec_dict(tmp_path: Path, **changes) -> dict:
+    data = {
+        "name": "t",
+        "seed": 3,
+        "model": {"source": "factory", "factory": FACTORY},
+        "dataset": "digits",
+        "limit": 120,
+        "batch_size": 64,
+        "faults": [{"fault": {"type": "bit_flip", "ber": 0.01}, "site": "weight", "format": "int8",
+                    "persistence": "permanent"}],
+        "sweep": {"fault.ber": [0.0, 0.02]},
+        "repetitions": 3,
+        "store": str(tmp_path / "t.qfault.db"),
+    }
+    data.update(changes)
+    return data
+
+
+def rows(store_path) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT point, repetition, seed, accuracy, counts, faults FROM trials "
+                            "ORDER BY point, repetition").fetchall()
+    finally:
+        conn.close()
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- spec -------------------------------------------------------------------------------------
+
+def test_yaml_round_trip_and_fingerprint(tmp_path):
+    path = tmp_path / "c.yaml"
+    data = spec_dict(tmp_path)
+    data.pop("store")
+    path.write_text(yaml.safe_dump(data))
+    spec = CampaignSpec.from_yaml(path)
+    assert spec.store_path() == tmp_path / "c.qfault.db"
+    assert CampaignSpec.from_dict(spec.to_dict()).fingerprint() == spec.fingerprint()
+    renamed = CampaignSpec.from_yaml(path, ["name=other", f"store={tmp_path / 'x.db'}"])
+    assert renamed.fingerprint() == spec.fingerprint()  # name and store do not change results
+    changed = CampaignSpec.from_yaml(path, ["seed=4", "sweep.fault.ber=[0.0, 0.05]"])
+    assert changed.fingerprint() != spec.fingerprint()
+    diff = spec_diff(spec.to_dict(), changed.to_dict())
+    assert "seed: 3 -> 4" in diff and any(line.startswith("sweep.fault.ber.1: 0.02 -> 0.05") for line in diff)
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"unknown_key": 1}, "unknown_key"),
+    ({"stop": {"rule": "fixed", "margin": 2.0}}, "stop.margin"),
+    ({"stop": {"rule": "sometimes"}}, "stop.rule"),
+    ({"repetitions": 0}, "repetitions"),
+    ({"model": {"source": "factory"}}, "model.factory"),
+    ({"model": {"source": "demo", "colour": 1}}, "model.colour"),
+    ({"sweep": {"fault.ber": [0.1, 2.0]}}, "sweep"),
+    ({"faults": [{"fault": {"type": "bit_flip", "ber": 0.1}, "sight": "weight"}]}, "sight"),
+    ({"faults": [{"fault": {"type": "no_such_fault"}}]}, "fault"),
+])
+def test_bad_specs_fail_before_any_work_naming_the_field(tmp_path, change, field):
+    with pytest.raises(QFaultConfigError) as info:
+        CampaignSpec.from_dict(spec_dict(tmp_path, **change))
+    assert field in str(info.value)
+    assert not (tmp_path / "t.qfault.db").exists()
+
+
+def test_sweep_points_are_the_cartesian_product(tmp_path):
+    spec = CampaignSpec.from_dict(spec_dict(tmp_path, sweep={"fault.ber": [0.0, 0.1], "format": ["int8", "int4"]}))
+    assert spec.points() == [{"fault.ber": 0.0, "format": "int8"}, {"fault.ber": 0.0, "format": "int4"},
+                             {"fault.ber": 0.1, "format": "int8"}, {"fault.ber": 0.1, "format": "int4"}]
+
+
+# -- store ------------------------------------------------------------------------------------
+
+def test_foreign_and_corrupt_files_are_refused_untouched(tmp_path):
+    spec = CampaignSpec.from_dict(spec_dict(tmp_path))
+    foreign = tmp_path / "foreign.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE meta (key TEXT, value TEXT)")
+    conn.execute("INSERT INTO meta VALUES ('format', 'something-else')")
+    conn.commit()
+    conn.close()
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(os.urandom(4096))
+    for path in (foreign, corrupt):
+        before = digest(path)
+        with pytest.raises(QFaultConfigError, match="store"):
+            CampaignStore(path, spec)
+        assert digest(path) == before
+        assert not Path(str(path) + "-wal").exists()
+
+
+def test_resuming_with_another_spec_is_refused_with_a_diff(tmp_path):
+    spec = CampaignSpec.from_dict(spec_dict(tmp_path))
+    CampaignStore(spec.store_path(), spec).close()
+    other = CampaignSpec.from_dict(spec_dict(tmp_path, seed=9, repetitions=4))
+    with pytest.raises(StoreMismatch) as info:
+        CampaignStore(other.store_path(), other)
+    assert "seed: 3 -> 9" in str(info.value) and "repetitions: 3 -> 4" in str(info.value)
+
+
+# -- running ----------------------------------------------------------------------------------
+
+def test_run_records_every_trial_and_is_deterministic(tmp_path):
+    spec = CampaignSpec.from_dict(spec_dict(tmp_path))
+    result = run_campaign(spec, progress=False, log=lambda *_: None)
+    assert [p.trials for p in result.points] == [3, 3]
+    clean, faulty = result.points
+    # BER 0: every image masked, accuracy equals the golden run
+    assert clean.counts["masked"] == clean.counts["images"] == 3 * 120
+    assert clean.accuracy_mean == pytest.approx(result.golden_accuracy)
+    assert faulty.counts["masked"] < faulty.counts["images"]
+    again = CampaignSpec.from_dict(spec_dict(tmp_path, store=str(tmp_path / "again.db")))
+    run_campaign(again, progress=False, log=lambda *_: None)
+    assert rows(spec.store_path()) == rows(again.store_path())
+    # a finished campaign run again adds nothing
+    run_campaign(spec, progress=False, log=lambda *_: None)
+    assert len(rows(spec.store_path())) == 6
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
+    killed = tmp_path / "killed.yaml"
+    data = spec_dict(tmp_path, repetitions=12, store=str(tmp_path / "killed.db"))
+    killed.write_text(yaml.safe_dump(data))
+    proc = subprocess.Popen([sys.executable, "-m", "qfault.cli.main", "campaign", "run", str(killed), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = tmp_path / "killed.db"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if store.exists():
+                try:
+                    if len(rows(store)) >= 4:
+                        break
+                except sqlite3.Error:
+                    pass
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    partial = rows(store)
+    assert 4 <= len(partial) < 24, "the campaign must have been killed midway"
+    resumed = run_campaign(CampaignSpec.from_yaml(killed), progress=False, log=lambda *_: None)
+    assert [p.trials for p in resumed.points] == [12, 12]
+    straight = CampaignSpec.from_dict(spec_dict(tmp_path, repetitions=12, store=str(tmp_path / "straight.db")))
+    run_campaign(straight, progress=False, log=lambda *_: None)
+    assert rows(store) == rows(straight.store_path())
+
+
+def test_ci_stop_rule_stops_between_min_and_max(tmp_path):
+    spec = CampaignSpec.from_dict(spec_dict(
+        tmp_path, stop={"rule": "ci", "half_width": 0.5, "min_repetitions": 3, "max_repetitions": 7}))
+    result = run_campaign(spec, progress=False, log=lambda *_: None)
+    clean, faulty = result.points
+    assert clean.trials == 3  # no variance at BER 0: stops at the minimum
+    assert 3 <= faulty.trials <= 7
+    assert faulty.trials == 7 or faulty.accuracy_ci <= 0.5
+
+
+def test_leveugle_rule_sets_the_repetitions(tmp_path):
+    stop = {"rule": "leveugle", "margin": 0.3, "confidence": 0.95, "p": 0.5}
+    spec = CampaignSpec.from_dict(spec_dict(tmp_path, stop=stop, sweep={"fault.ber": [0.01]}))
+    result = run_campaign(spec, progress=False, log=lambda *_: None)
+    assert result.points[0].trials == leveugle_sample_size(float("inf"), 0.3, 0.95, 0.5)
+
+
+def test_per_layer_sweep_with_each(tmp_path):
+    spec = CampaignSpec.from_dict(spec_dict(tmp_path, sweep={"indices": "each"}, repetitions=1))
+    result = run_campaign(spec, progress=False, log=lambda *_: None)
+    assert [p.values for p in result.points] == [{"indices": [0]}, {"indices": [1]}]
+
+
+def test_cli_run_status_report(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(spec_dict(tmp_path, repetitions=2)))
+    assert main(["campaign", "validate", str(path)]) == 0
+    assert main(["campaign", "run", str(path), "--no-progress"]) == 0
+    assert main(["campaign", "status", str(path)]) == 0
+    assert "4 trials completed" in capsys.readouterr().out
+    out = tmp_path / "report"
+    assert main(["campaign", "report", str(path), "--out", str(out)]) == 0
+    for name in ("summary.json", "points.csv", "trials.csv", "accuracy.png", "outcomes.png", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    assert len((out / "trials.csv").read_text().splitlines()) == 1 + 4
+    assert main(["campaign", "run", str(path), "seed=5", "--no-progress"]) == 2
+    assert "seed: 3 -> 5" in capsys.readouterr().err
