@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     campaign.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     campaign.add_argument("--no-plot", action="store_true", help="report without PNG/HTML")
 
-    ls = sub.add_parser("ls", help="list registered formats, fault models and demo models")
-    ls.add_argument("what", nargs="?", choices=("formats", "faults", "models", "all"), default="all")
+    ls = sub.add_parser("ls", help="list registered formats, fault models, demo models and data sets")
+    ls.add_argument("what", nargs="?", choices=("formats", "faults", "models", "datasets", "all"), default="all")
     return parser
 
 
@@ -95,11 +95,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ls(what: str) -> int:
-    from ..data import list_models
+    from ..data import list_datasets, list_models
     from ..faults import list_faults
     from ..formats import list_formats
 
-    groups = {"formats": list_formats(), "faults": list_faults(), "models": list_models()}
+    groups = {"formats": list_formats(), "faults": list_faults(), "models": list_models(),
+              "datasets": list_datasets()}
     for name, items in groups.items():
         if what in (name, "all"):
             print(f"{name}: {', '.join(items)}")
