@@ -1,6 +1,5 @@
 """Importing qfault is lean and has no side effects; the CLI help needs no torch."""
 
-import os
 import subprocess
 import sys
 

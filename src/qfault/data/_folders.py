@@ -27,7 +27,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .._errors import QFaultConfigError, check_bool, check_range

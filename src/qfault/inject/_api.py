@@ -17,7 +17,7 @@ from ..faults import (
     BitFlip, FaultDraw, FullFlip, LSBFlip, MSBFlip, RandomValue, StuckAt, apply_to_codes, derive_seed,
     draw_faults, make_generator, uniform_index,
 )
-from ..formats import FixedPoint, FloatFormat, IntFormat, NumberFormat, calibrate
+from ..formats import FloatFormat, IntFormat, NumberFormat, calibrate
 from ..faults._apply import _group_bit_sites
 from ..formats._base import gather_param
 from ._grad import replace_at
