@@ -211,3 +211,33 @@ def test_cli_run_status_report(tmp_path, capsys):
     assert len((out / "trials.csv").read_text().splitlines()) == 1 + 4
     assert main(["campaign", "run", str(path), "seed=5", "--no-progress"]) == 2
     assert "seed: 3 -> 5" in capsys.readouterr().err
+
+
+def test_prefix_reuse_gives_identical_rows(tmp_path):
+    base = dict(sweep={"indices": "each"}, repetitions=2,
+                faults=[{"fault": {"type": "bit_flip", "count": 3}, "site": "output", "types": ["ReLU", "Linear"],
+                         "format": "int8"}])
+    reuse = CampaignSpec.from_dict(spec_dict(tmp_path, **base, store=str(tmp_path / "reuse.db")))
+    plain = CampaignSpec.from_dict(spec_dict(tmp_path, **base, store=str(tmp_path / "plain.db"), reuse_prefix=False))
+    assert reuse.fingerprint() == plain.fingerprint()
+    result = run_campaign(reuse, progress=False, log=lambda *_: None)
+    run_campaign(plain, progress=False, log=lambda *_: None)
+    assert len(result.points) == 3
+    assert rows(reuse.store_path()) == rows(plain.store_path())
+    assert any(p.counts["masked"] < p.counts["images"] for p in result.points)
+
+
+def test_prefix_order_and_maximal_modules():
+    import torch
+    from torch import nn
+
+    from qfault.campaign._prefix import reusable_prefix, trace_order
+
+    shared = nn.ReLU()
+    model = nn.Sequential(nn.Sequential(nn.Linear(4, 4), shared), nn.Linear(4, 4), shared, nn.Linear(4, 2))
+    order = trace_order(model, torch.ones(1, 4))
+    assert order["0.1"][2] == 2  # the shared ReLU (named once) is called twice per forward
+    assert reusable_prefix(order, ["3"]) == ["0", "1"]  # maximal modules only
+    assert reusable_prefix(order, ["0.1"]) == ["0.0"]  # faulting the shared ReLU: only what runs before it
+    assert reusable_prefix(order, ["1"]) == ["0"]
+    assert reusable_prefix(order, ["0.0"]) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import time
@@ -15,6 +16,7 @@ from .._errors import QFaultConfigError
 from ..faults import derive_seed
 from ..inject import InjectSpec, inject, select_modules
 from ._outcomes import classify
+from ._prefix import PrefixCache, reusable_prefix, trace_order
 from ._spec import CampaignSpec, point_faults
 from ._stats import leveugle_sample_size, mean_ci, population_std, wilson_interval
 from ._store import CampaignStore, TrialRow
@@ -71,10 +73,13 @@ def load_batches(spec: CampaignSpec) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def predict(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+            prefix: PrefixCache | None = None) -> torch.Tensor:
     """Concatenated output logits ``[N, C]`` (float32, CPU)."""
     outputs = []
-    for x, _ in batches:
+    for i, (x, _) in enumerate(batches):
+        if prefix is not None:
+            prefix.batch = i
         out = model(x)
         outputs.append(getattr(out, "value", out).detach().float().cpu())
     return torch.cat(outputs)
@@ -175,6 +180,30 @@ def _repetitions(spec: CampaignSpec) -> int | None:
     return None
 
 
+def _prepare_prefix(spec: CampaignSpec, model: nn.Module, batches: list, points: list[dict]):
+    """Record the clean outputs that trials may replay (see ``_prefix.py``)."""
+    if not spec.reuse_prefix or not batches:
+        return None, {}
+    order = trace_order(model, batches[0][0])
+    names = {}
+    for index, point in enumerate(points):
+        faulted = set()
+        for data in point_faults(spec.faults, point):
+            faulted.update(name for name, _ in select_modules(model, InjectSpec.from_dict(data)))
+        names[index] = reusable_prefix(order, faulted)
+    needed = set().union(*names.values()) if names else set()
+    if not needed:
+        return None, {}
+    prefix = PrefixCache(model, needed)
+    handles = prefix.record()
+    try:
+        predict(model, batches, prefix)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return prefix, names
+
+
 def trial_seed(spec: CampaignSpec, point: dict, repetition: int) -> int:
     """Seed of one trial: from the campaign seed, the point's values and the repetition only,
     so results do not depend on the executor, the order or the number of workers."""
@@ -212,6 +241,7 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
             first = {k: v for k, v in spec.faults[0].items() if k != "indices"}
             num_layers = len(select_modules(model, InjectSpec.from_dict(first)))
         points = spec.points(num_layers)
+        prefix, prefix_names = _prepare_prefix(spec, model, batches, points)
         fixed = _repetitions(spec)
         done = store.done()
         planned = len(points) * (fixed if fixed is not None else spec.stop.max_repetitions)
@@ -224,9 +254,10 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
                      for i, f in enumerate(point_faults(spec.faults, point))]
             faulted = [0]
             start = time.monotonic()
-            with inject(model, specs) as handle:
+            replay = prefix.replay(prefix_names.get(index, ())) if prefix is not None else contextlib.nullcontext()
+            with inject(model, specs) as handle, replay:
                 handle.add_listener(lambda name, draw, old, new: faulted.__setitem__(0, faulted[0] + int((old != new).sum())))
-                logits = predict(model, batches)
+                logits = predict(model, batches, prefix)
             outcome = classify(golden["logits"], logits, golden["labels"], atol=spec.atol,
                                sdc_thresholds=spec.sdc_thresholds)
             counts = outcome.counts()

@@ -22,7 +22,7 @@ SPEC_VERSION = 1
 STOP_RULES = ("fixed", "leveugle", "ci")
 MODEL_SOURCES = ("demo", "checkpoint", "factory")
 #: spec keys that do not change results (excluded from the fingerprint)
-NON_SEMANTIC = ("name", "store", "progress")
+NON_SEMANTIC = ("name", "store", "progress", "reuse_prefix")
 
 
 def _unknown(section: str, data: dict, allowed: tuple[str, ...]) -> None:
@@ -109,6 +109,8 @@ class CampaignSpec:
         atol: outputs equal within ``atol`` count as masked.
         sdc_thresholds: SDC-x% thresholds in percent.
         store: SQLite file of the results (default ``<name>.qfault.db``).
+        reuse_prefix: replay the recorded clean outputs of modules that run before the first
+            faulted module instead of recomputing them (identical results, more memory).
     """
 
     name: str = "campaign"
@@ -124,6 +126,7 @@ class CampaignSpec:
     atol: float = 0.0
     sdc_thresholds: tuple = (10.0, 20.0)
     store: str | None = None
+    reuse_prefix: bool = True
 
     def __post_init__(self) -> None:
         from ..inject import InjectSpec
@@ -143,6 +146,8 @@ class CampaignSpec:
             check_range("limit", self.limit, 1, 10**12, integer=True)
         check_range("repetitions", self.repetitions, 1, 10**7, integer=True)
         check_range("atol", self.atol, 0.0, 1e30)
+        if not isinstance(self.reuse_prefix, bool):
+            raise QFaultConfigError("reuse_prefix", self.reuse_prefix, "true or false")
         faults = self.faults if isinstance(self.faults, (list, tuple)) else [self.faults]
         if not faults:
             raise QFaultConfigError("faults", list(faults), "a list with at least one fault spec")

@@ -1,0 +1,97 @@
+"""Reuse of the clean computation before the first faulted module of a trial.
+
+On the golden run, the outputs of modules that execute before any module a trial can fault are
+recorded per batch; during a trial those modules return their recorded output instead of
+recomputing it. Results are bit-identical (eval mode is deterministic); only modules called
+exactly once per forward are reused, so weight sharing and re-used activation modules are safe.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+
+
+def trace_order(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, int, int]]:
+    """``{name: (first start, last end, calls)}`` of every submodule in one forward of ``x``."""
+    events: dict[str, list[int]] = {}
+    counter = [0]
+    hooks = []
+
+    def pre(name):
+        def hook(module, args):
+            counter[0] += 1
+            entry = events.setdefault(name, [counter[0], counter[0], 0])
+            entry[2] += 1
+        return hook
+
+    def post(name):
+        def hook(module, args, out):
+            counter[0] += 1
+            events[name][1] = counter[0]
+        return hook
+
+    for name, module in model.named_modules():
+        if name:
+            hooks.append(module.register_forward_pre_hook(pre(name)))
+            hooks.append(module.register_forward_hook(post(name)))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: (start, end, calls) for name, (start, end, calls) in events.items()}
+
+
+def reusable_prefix(order: dict[str, tuple[int, int, int]], faulted: Iterable[str]) -> list[str]:
+    """The maximal modules that finish before the first faulted module starts (called once)."""
+    faulted = [name for name in faulted if name in order]
+    if not faulted or "" in faulted:
+        return []
+    first = min(order[name][0] for name in faulted)
+    candidates = sorted(name for name, (start, end, calls) in order.items() if end < first and calls == 1)
+    maximal = []
+    for name in candidates:
+        if not any(name.startswith(parent + ".") for parent in maximal):
+            maximal.append(name)
+    return maximal
+
+
+class PrefixCache:
+    """Recorded outputs of chosen modules, per batch, and a context that replays them."""
+
+    def __init__(self, model: nn.Module, names: Iterable[str]):
+        self.model = model
+        self.names = sorted(set(names))
+        self.outputs: dict[str, list] = {name: [] for name in self.names}
+        self.batch = 0
+
+    def record(self) -> list:
+        """Hooks that append each chosen module's output; returns their handles."""
+        handles = []
+        for name in self.names:
+            module = self.model.get_submodule(name)
+            handles.append(module.register_forward_hook(
+                lambda m, args, out, _name=name: self.outputs[_name].append(out)))
+        return handles
+
+    @contextmanager
+    def replay(self, names: Iterable[str]) -> Iterator[None]:
+        """Within the context, ``names`` return their recorded output for batch ``self.batch``."""
+        patched = []
+        try:
+            for name in names:
+                module = self.model.get_submodule(name)
+                if "forward" in module.__dict__:  # already patched by someone else: recompute it
+                    continue
+                recorded = self.outputs[name]
+                module.forward = lambda *args, _rec=recorded, **kwargs: _rec[self.batch]
+                patched.append(module)
+            yield
+        finally:
+            for module in patched:
+                module.__dict__.pop("forward", None)
