@@ -1,5 +1,6 @@
 """Campaign engine: specs, stop rules, a resumable SQLite store, outcomes and reports."""
 
+from ._executors import RayExecutor, TrialContext, TrialFunction, execute_trial
 from ._outcomes import GoldenRun, OutcomeBatch, classify
 from ._report import write_report
 from ._runner import (
@@ -14,6 +15,7 @@ __all__ = [
     "CampaignSpec", "ModelSource", "StopRule", "spec_diff",
     "run_campaign", "campaign_status", "summarize", "write_report", "CampaignResult", "PointSummary",
     "CampaignStore", "StoreMismatch", "Executor", "LocalExecutor", "build_campaign_model", "trial_seed",
+    "RayExecutor", "TrialContext", "TrialFunction", "execute_trial",
     "classify", "OutcomeBatch", "GoldenRun",
     "leveugle_sample_size", "leveugle_margin", "mean_ci", "wilson_interval",
 ]

@@ -14,40 +14,101 @@ from ._store import CampaignStore
 OUTCOME_KEYS = ("masked", "non_critical", "sdc1", "due")
 
 
-def write_report(result: CampaignResult, store: CampaignStore, out: str | Path, plots: bool = True) -> list[Path]:
-    """Write ``summary.json``, ``points.csv``, ``trials.csv`` and (with ``plots``) PNGs and
-    ``report.html`` into ``out``; returns the written paths."""
+def write_report(result: CampaignResult, store: CampaignStore, out: str | Path, plots: bool = True,
+                 parquet: bool | None = None) -> list[Path]:
+    """Write ``summary.json``, ``points.csv``, ``trials.csv``, (with ``parquet``) ``points.parquet`` and
+    ``trials.parquet``, and (with ``plots``) PNGs and ``report.html`` into ``out``; returns the
+    written paths.
+
+    ``parquet=None`` writes the Parquet files when pyarrow is installed (``pip install
+    'qfault[report]'``); ``True`` requires it. The Parquet tables have the CSV columns, with full
+    precision numbers (the CSVs round to 6 decimals, ``elapsed_s`` to 4) and sweep values as the
+    same JSON strings.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     summary = out / "summary.json"
     summary.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     written.append(summary)
-    axes = list(result.spec.sweep)
+    points, trials = _tables(result, store)
     points_csv = out / "points.csv"
-    with points_csv.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["point", *axes, "trials", "accuracy_mean", "accuracy_std", "accuracy_ci95",
-                         *[f"{k}_rate" for k in OUTCOME_KEYS], "sdc5_rate"])
-        for p in result.points:
-            writer.writerow([p.point, *[json.dumps(p.values.get(a)) for a in axes], p.trials,
-                             f"{p.accuracy_mean:.6f}", f"{p.accuracy_std:.6f}", f"{p.accuracy_ci:.6f}",
-                             *[f"{p.rates.get(k, {}).get('rate', 0.0):.6f}" for k in OUTCOME_KEYS + ("sdc5",)]])
+    _write_csv(points_csv, points)
     written.append(points_csv)
     trials_csv = out / "trials.csv"
-    with trials_csv.open("w", newline="") as f:
-        writer = csv.writer(f)
-        count_keys = sorted({k for row in store.trials() for k in row.counts})
-        writer.writerow(["point", "repetition", *axes, "seed", "accuracy", "faulted_values", "elapsed_s", *count_keys])
-        for row in store.trials():
-            writer.writerow([row.point, row.repetition, *[json.dumps(row.point_values.get(a)) for a in axes],
-                             row.seed, f"{row.accuracy:.6f}", row.faults, f"{row.elapsed_s:.4f}",
-                             *[row.counts.get(k, 0) for k in count_keys]])
+    _write_csv(trials_csv, trials)
     written.append(trials_csv)
+    if parquet is None:
+        parquet = _have_pyarrow()
+    if parquet:
+        written.append(_write_parquet(out / "points.parquet", points))
+        written.append(_write_parquet(out / "trials.parquet", trials))
     if plots and result.points:
         written.extend(_plots(result, out))
         written.append(_html(result, out, [p for p in written if p.suffix == ".png"]))
     return written
+
+
+class _Table:
+    """Columns with a kind each: ``int``, ``json`` (sweep values as JSON text) or a float format."""
+
+    def __init__(self, columns: list[tuple[str, str]], rows: list[list]):
+        self.header = [name for name, _ in columns]
+        self.kinds = [kind for _, kind in columns]
+        self.rows = rows
+
+
+def _tables(result: CampaignResult, store: CampaignStore) -> tuple[_Table, _Table]:
+    """The points and trials tables with unrounded values."""
+    axes = list(result.spec.sweep)
+    six = "{:.6f}"
+    points = _Table(
+        [("point", "int"), *[(a, "json") for a in axes], ("trials", "int"), ("accuracy_mean", six),
+         ("accuracy_std", six), ("accuracy_ci95", six), *[(f"{k}_rate", six) for k in OUTCOME_KEYS + ("sdc5",)]],
+        [[p.point, *[json.dumps(p.values.get(a)) for a in axes], p.trials,
+          float(p.accuracy_mean), float(p.accuracy_std), float(p.accuracy_ci),
+          *[float(p.rates.get(k, {}).get("rate", 0.0)) for k in OUTCOME_KEYS + ("sdc5",)]]
+         for p in result.points])
+    rows = list(store.trials())
+    count_keys = sorted({k for row in rows for k in row.counts})
+    trials = _Table(
+        [("point", "int"), ("repetition", "int"), *[(a, "json") for a in axes], ("seed", "int"),
+         ("accuracy", six), ("faulted_values", "int"), ("elapsed_s", "{:.4f}"), *[(k, "int") for k in count_keys]],
+        [[row.point, row.repetition, *[json.dumps(row.point_values.get(a)) for a in axes],
+          row.seed, float(row.accuracy), row.faults, float(row.elapsed_s),
+          *[int(row.counts.get(k, 0)) for k in count_keys]]
+         for row in rows])
+    return points, trials
+
+
+def _write_csv(path: Path, table: _Table) -> None:
+    formats = [k if k.startswith("{") else None for k in table.kinds]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(table.header)
+        for row in table.rows:
+            writer.writerow([fmt.format(v) if fmt else v for fmt, v in zip(formats, row)])
+
+
+def _have_pyarrow() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pyarrow") is not None
+
+
+def _write_parquet(path: Path, table: _Table) -> Path:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        from .._errors import QFaultConfigError
+
+        raise QFaultConfigError("parquet", True, "an installed pyarrow", hint="pip install 'qfault[report]'") from None
+    types = {"int": pa.int64(), "json": pa.string()}
+    schema = pa.schema([(name, types.get(kind, pa.float64())) for name, kind in zip(table.header, table.kinds)])
+    columns = [pa.array([row[i] for row in table.rows], type=schema.field(i).type) for i in range(len(table.header))]
+    pq.write_table(pa.Table.from_arrays(columns, schema=schema), path)
+    return path
 
 
 def _axis_values(result: CampaignResult) -> tuple[str, list]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
@@ -14,8 +12,7 @@ from torch import nn
 
 from .._errors import QFaultConfigError
 from ..faults import derive_seed
-from ..inject import InjectSpec, inject, select_modules
-from ._outcomes import classify
+from ..inject import InjectSpec, select_modules
 from ._prefix import PrefixCache, reusable_prefix, trace_order
 from ._spec import CampaignSpec, point_faults
 from ._stats import leveugle_sample_size, mean_ci, population_std, wilson_interval
@@ -247,22 +244,10 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
         planned = len(points) * (fixed if fixed is not None else spec.stop.max_repetitions)
         del base
 
-        def run_trial(item: tuple[int, dict, int]) -> TrialRow:
-            index, point, repetition = item
-            seed = trial_seed(spec, point, repetition)
-            specs = [InjectSpec.from_dict({**f, "seed": derive_seed(seed, i) >> 1})
-                     for i, f in enumerate(point_faults(spec.faults, point))]
-            faulted = [0]
-            start = time.monotonic()
-            replay = prefix.replay(prefix_names.get(index, ())) if prefix is not None else contextlib.nullcontext()
-            with inject(model, specs) as handle, replay:
-                handle.add_listener(lambda name, draw, old, new: faulted.__setitem__(0, faulted[0] + int((old != new).sum())))
-                logits = predict(model, batches, prefix)
-            outcome = classify(golden["logits"], logits, golden["labels"], atol=spec.atol,
-                               sdc_thresholds=spec.sdc_thresholds)
-            counts = outcome.counts()
-            accuracy = 100.0 * counts["correct_faulty"] / max(1, counts["images"])
-            return TrialRow(index, repetition, point, seed, accuracy, counts, faulted[0], time.monotonic() - start)
+        from ._executors import TrialContext, TrialFunction
+
+        # one picklable trial function for every executor (a Ray worker gets it once)
+        run_trial = TrialFunction(TrialContext(spec, model, batches, golden, prefix, prefix_names))
 
         bar = _Progress(progress, total=planned, completed=len(done))
         try:

@@ -25,7 +25,12 @@ def run_campaign_command(args) -> int:
         console.print(f"[red]qfault: error: no store at {spec.store_path()} to resume; use 'run'[/]")
         return 2
     if args.action in ("run", "resume"):
-        result = run_campaign(spec, progress=not args.no_progress, log=console.print)
+        executor = _executor(args)
+        try:
+            result = run_campaign(spec, executor=executor, progress=not args.no_progress, log=console.print)
+        finally:
+            if executor is not None:
+                executor.close()
     else:
         with CampaignStore(spec.store_path(), spec, create=False) as store:
             result = summarize(spec, store)
@@ -45,3 +50,19 @@ def run_campaign_command(args) -> int:
             written = write_report(result, store, out, plots=not args.no_plot)
         console.print("Wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _executor(args):
+    """``None`` (in this process) or a :class:`RayExecutor` from ``--executor ray``."""
+    kind = getattr(args, "executor", "local")
+    if kind != "ray":
+        for flag in ("address", "workers"):
+            if getattr(args, flag, None) is not None:
+                from .._errors import QFaultConfigError
+
+                raise QFaultConfigError(f"--{flag}", getattr(args, flag), "only with --executor ray")
+        return None
+    from ..campaign._executors import RayExecutor
+
+    return RayExecutor(address=args.address, num_workers=args.workers,
+                       num_gpus_per_worker=getattr(args, "gpus_per_worker", 0.0) or 0)

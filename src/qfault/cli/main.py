@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     campaign.add_argument("--out", default=None, help="report folder (default: <store>.report)")
     campaign.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     campaign.add_argument("--no-plot", action="store_true", help="report without PNG/HTML")
+    campaign.add_argument("--executor", choices=("local", "ray"), default="local",
+                          help="where trials run: in this process (default) or on Ray workers (pip install 'qfault[ray]')")
+    campaign.add_argument("--address", default=None,
+                          help="Ray cluster address ('auto', 'ray://host:10001'); default: start a local one")
+    campaign.add_argument("--workers", type=int, default=None,
+                          help="Ray workers (default: one per CPU, or per GPU with --gpus-per-worker)")
+    campaign.add_argument("--gpus-per-worker", type=float, default=0.0,
+                          help="GPUs per Ray worker; a worker with a GPU runs its trials on it (default 0)")
 
     ls = sub.add_parser("ls", help="list registered formats, fault models, demo models and data sets")
     ls.add_argument("what", nargs="?", choices=("formats", "faults", "models", "datasets", "all"), default="all")
