@@ -22,6 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_inject.py
 	$(BIN)/python bench/bench_sampling.py
+	$(BIN)/python bench/bench_campaign.py
 
 clean:
 	rm -rf $(VENV) demo-results
