@@ -1,5 +1,21 @@
 """Mitigation of permanent stuck-at faults in stored weights (seed 000, WEBCRAFT)."""
 
+from ._linear import (
+    SeedQuantLinear,
+    seed_quantize_activation,
+    seed_quantize_weight,
+    swap_linear,
+)
 from ._remap import BIT_FLIP_MAX_BITS, METHODS, cvm_codes, draw_stuck_map, remap
 
-__all__ = ["BIT_FLIP_MAX_BITS", "METHODS", "cvm_codes", "draw_stuck_map", "remap"]
+__all__ = [
+    "BIT_FLIP_MAX_BITS",
+    "METHODS",
+    "SeedQuantLinear",
+    "cvm_codes",
+    "draw_stuck_map",
+    "remap",
+    "seed_quantize_activation",
+    "seed_quantize_weight",
+    "swap_linear",
+]
