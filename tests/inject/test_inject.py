@@ -848,3 +848,12 @@ def test_deepcopy_of_injected_model_uses_its_own_weights():
         out = twin(torch.ones(1, 4))  # the twin has all-zero parameters
     handle.remove()
     assert torch.equal(out, torch.zeros(1, 4))
+
+
+def test_empty_batch_passes_through_an_activation_site():
+    model = nn.Sequential(nn.ReLU())
+    spec = InjectSpec(fault=BitFlip(count=1), site="output", types=("ReLU",), format="int8", seed=0)
+    with inject(model, spec):
+        assert model(torch.zeros(0, 4)).shape == (0, 4)
+        out = model(torch.ones(2, 4))
+    assert int((out != 1).sum()) == 1

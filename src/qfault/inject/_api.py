@@ -222,6 +222,8 @@ class _SiteRuntime:
     def corrupt(self, x: torch.Tensor, fmt: NumberFormat, scale, zero_point, axis, batched: bool,
                 finite: bool = False) -> torch.Tensor:
         """A faulty copy of ``x`` (autograd per the spec's gradient mode)."""
+        if x.numel() == 0:  # an empty batch has nothing to fault
+            return x
         draw = self.draw(tuple(x.shape), fmt, x.device, batched)
         if len(draw) == 0:
             if self.spec.track_statistics:
@@ -243,11 +245,11 @@ class _SiteRuntime:
                 zero = None if fmt.signed else zero.to(x.device)
                 self.weight_qparams = (scale.to(x.device), zero, axis)
             return self.weight_qparams
-        if fmt.signed:  # per-tensor symmetric scale as a Python number: 3 tensor ops
-            low, high = torch.aminmax(x.detach())
-            peak = float(torch.maximum(high, -low)) if x.numel() else 0.0
-            if math.isfinite(peak):
-                return (peak / fmt.code_max if peak > 0 else 1.0), None, None
+        if fmt.signed and x.numel():  # per-tensor symmetric scale as a Python number: 3 tensor ops
+            low, high = torch.aminmax(x.detach().float())
+            scale = float(torch.maximum(high, -low) / fmt.code_max)  # float32, as calibrate()
+            if math.isfinite(scale):
+                return (scale if scale > 0 else 1.0), None, None
         scale, zero = calibrate(fmt, x, None)
         return scale, (None if fmt.signed else zero), None
 
