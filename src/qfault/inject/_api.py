@@ -328,7 +328,6 @@ class _ParamGroup:
         self.spec_id = spec_id
         self.spec = sites[0].spec
         self.sites = sites
-        self.permanent: torch.Tensor | None = None
         self.permanent_draw: FaultDraw | None = None
         self.tables: dict | None = None
 
@@ -653,11 +652,7 @@ def _attach(handle: InjectionHandle, site: _SiteRuntime) -> None:
         site.attach = lambda: [proxy.register_forward_hook(_quant_output_hook(site, batched=False))]
     elif spec.site in (Site.WEIGHT, Site.BIAS):
         if spec.format is None:
-            raise QFaultConfigError(
-                "format", None, "a number format (int<b>, uint<b>, fixed, float32, float16, bfloat16) "
-                f"for the float {spec.site.value} of module '{site.name}' ({type(module).__name__})",
-                hint="only Brevitas quantized weights carry their own format",
-            )
+            raise _format_error(site)
         site.prepared_capable = True
         handle._param_sites.append(site)
         site.attach = None
