@@ -241,3 +241,55 @@ def test_prefix_order_and_maximal_modules():
     assert reusable_prefix(order, ["0.1"]) == ["0.0"]  # faulting the shared ReLU: only what runs before it
     assert reusable_prefix(order, ["1"]) == ["0"]
     assert reusable_prefix(order, ["0.0"]) == []
+
+
+def test_stuck_at_mitigation_campaign(tmp_path):
+    """Seed 000's experiment in small: stuck-at rates x mitigation methods on SeedQuantLinear layers."""
+    data = spec_dict(tmp_path, model={"source": "factory", "factory": "qfault.testing:tiny_digits_seed_quant"},
+                     faults=[], mitigation={"rate": 1.0, "method": "cvm", "tile": 16},
+                     sweep={"mitigation.rate": [0.0, 5.0], "mitigation.method": ["raw", "cvm", "sign_flip", "bit_flip"]},
+                     repetitions=2)
+    spec = CampaignSpec.from_dict(data)
+    result = run_campaign(spec, progress=False, log=lambda *_: None)
+    by_values = {(p.values["mitigation.rate"], p.values["mitigation.method"]): p for p in result.points}
+    for method in ("raw", "cvm", "sign_flip", "bit_flip"):
+        assert by_values[(0.0, method)].counts["masked"] == by_values[(0.0, method)].counts["images"]
+    faulty = {m: by_values[(5.0, m)] for m in ("raw", "cvm", "sign_flip", "bit_flip")}
+    assert all(p.counts["masked"] < p.counts["images"] for p in faulty.values())
+    with pytest.raises(QFaultConfigError, match="mitigation"):
+        CampaignSpec.from_dict({**data, "mitigation": {"rate": 1.0, "method": "magic"}})
+    with pytest.raises(QFaultConfigError, match="sweep"):
+        CampaignSpec.from_dict({**data, "sweep": {"fault.ber": [0.1]}})
+
+
+def test_stuck_at_handle_restores_codes_exactly():
+    import torch
+
+    from qfault.mitigation import StuckAtSpec, apply_stuck_at, stuck_layers
+    from qfault.testing import tiny_digits_mlp, tiny_digits_seed_quant
+
+    model = tiny_digits_seed_quant()
+    before = [layer.weight_codes.clone() for _, layer in stuck_layers(model)]
+    with apply_stuck_at(model, StuckAtSpec(rate=10.0, method="sign_flip", seed=3)) as handle:
+        assert handle.changed_weights > 0
+        after = [layer.weight_codes for _, layer in stuck_layers(model)]
+        assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    assert all(torch.equal(a, layer.weight_codes) for a, (_, layer) in zip(before, stuck_layers(model)))
+    with pytest.raises(QFaultConfigError, match="SeedQuantLinear"):
+        apply_stuck_at(tiny_digits_mlp(), StuckAtSpec(rate=1.0))
+
+
+def test_methods_share_fault_maps_and_order_by_weight_error():
+    """Same seed, same maps: per weight CVM <= raw, and per group bit_flip, sign_flip <= CVM."""
+    from qfault.mitigation import StuckAtSpec, apply_stuck_at, stuck_layers
+    from qfault.testing import tiny_digits_seed_quant
+
+    model = tiny_digits_seed_quant()
+    clean = [layer.weight_codes.clone() for _, layer in stuck_layers(model)]
+    errors = {}
+    for method in ("raw", "cvm", "sign_flip", "bit_flip"):
+        with apply_stuck_at(model, StuckAtSpec(rate=8.0, method=method, tile=16, seed=11)) as handle:
+            errors[method] = sum(int((layer.weight_codes - c).abs().sum())
+                                 for c, (_, layer) in zip(clean, stuck_layers(model)))
+            assert handle.stuck_cells > 0
+    assert errors["raw"] > errors["cvm"] >= max(errors["sign_flip"], errors["bit_flip"])

@@ -60,7 +60,7 @@ def execute_trial(context: TrialContext, item: tuple[int, dict, int], *, golden_
     from ..inject import InjectSpec, inject
     from ._outcomes import classify
     from ._runner import predict, trial_seed
-    from ._spec import point_faults
+    from ._spec import point_faults, point_mitigation
     from ._store import TrialRow
 
     spec = context.spec
@@ -72,8 +72,21 @@ def execute_trial(context: TrialContext, item: tuple[int, dict, int], *, golden_
     prefix = context.prefix
     replay = prefix.replay(context.prefix_names.get(index, ())) if prefix is not None else contextlib.nullcontext()
     start = time.monotonic()
-    with inject(context.model, specs) as handle, replay:
-        handle.add_listener(lambda name, draw, old, new: faulted.__setitem__(0, faulted[0] + int((old != new).sum())))
+    stuck = contextlib.nullcontext()
+    mitigation = point_mitigation(spec.mitigation, point)
+    if mitigation is not None:
+        from ..mitigation import StuckAtSpec, apply_stuck_at
+
+        # the fault maps depend on the point without its method: methods are compared on the same maps
+        paired = {k: v for k, v in point.items() if k != "mitigation.method"}
+        stuck_seed = derive_seed(trial_seed(spec, paired, repetition), "stuck") >> 1
+        stuck_handle = apply_stuck_at(context.model, StuckAtSpec(**mitigation, seed=stuck_seed))
+        faulted[0] += stuck_handle.changed_weights
+        stuck = stuck_handle
+    injected = inject(context.model, specs) if specs else contextlib.nullcontext()
+    with stuck, injected as handle, replay:
+        if handle is not None:
+            handle.add_listener(lambda name, draw, old, new: faulted.__setitem__(0, faulted[0] + int((old != new).sum())))
         if prefix is not None:
             logits = predict(context.model, context.batches, prefix)
         else:

@@ -187,6 +187,10 @@ def _prepare_prefix(spec: CampaignSpec, model: nn.Module, batches: list, points:
         faulted = set()
         for data in point_faults(spec.faults, point):
             faulted.update(name for name, _ in select_modules(model, InjectSpec.from_dict(data)))
+        if spec.mitigation is not None:
+            from ..mitigation import stuck_layers
+
+            faulted.update(name for name, _ in stuck_layers(model))
         names[index] = reusable_prefix(order, faulted)
     needed = set().union(*names.values()) if names else set()
     if not needed:

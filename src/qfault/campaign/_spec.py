@@ -111,6 +111,9 @@ class CampaignSpec:
         store: SQLite file of the results (default ``<name>.qfault.db``).
         reuse_prefix: replay the recorded clean outputs of modules that run before the first
             faulted module instead of recomputing them (identical results, more memory).
+        mitigation: stuck-at cells under the stored weight codes of ``SeedQuantLinear`` layers
+            with write-side mitigation (seed 000): ``{rate: percent, method: raw|cvm|sign_flip|
+            bit_flip, tile: 64}``; sweep it with paths ``mitigation.rate``, ``mitigation.method``.
     """
 
     name: str = "campaign"
@@ -127,6 +130,7 @@ class CampaignSpec:
     sdc_thresholds: tuple = (10.0, 20.0)
     store: str | None = None
     reuse_prefix: bool = True
+    mitigation: dict | None = None
 
     def __post_init__(self) -> None:
         from ..inject import InjectSpec
@@ -149,8 +153,13 @@ class CampaignSpec:
         if not isinstance(self.reuse_prefix, bool):
             raise QFaultConfigError("reuse_prefix", self.reuse_prefix, "true or false")
         faults = self.faults if isinstance(self.faults, (list, tuple)) else [self.faults]
-        if not faults:
-            raise QFaultConfigError("faults", list(faults), "a list with at least one fault spec")
+        if self.mitigation is not None:
+            if not isinstance(self.mitigation, dict):
+                raise QFaultConfigError("mitigation", self.mitigation, "a mapping {rate, method, tile}")
+            _unknown("mitigation", self.mitigation, ("rate", "method", "tile"))
+            _stuck_spec(self.mitigation)
+        if not faults and self.mitigation is None:
+            raise QFaultConfigError("faults", list(faults), "a list with at least one fault spec (or a mitigation)")
         normalized = []
         for i, item in enumerate(faults):
             spec = item if isinstance(item, InjectSpec) else _inject_spec(f"faults[{i}]", item)
@@ -163,8 +172,15 @@ class CampaignSpec:
                 raise QFaultConfigError(f"sweep.{path}", values, "a list of values (or 'each' for indices)")
             if values == "each" and path != "indices":
                 raise QFaultConfigError(f"sweep.{path}", values, "a list ('each' only applies to indices)")
-        for point in self.points():  # every point must be a valid InjectSpec
-            _inject_spec("sweep", point_faults(self.faults, point)[0], sweep_point=point)
+        if not faults and any(not path.startswith("mitigation.") for path in self.sweep):
+            raise QFaultConfigError("sweep", list(self.sweep), "only mitigation.* paths when faults is empty")
+        for point in self.points():  # every point must give valid fault specs
+            for data in point_faults(self.faults, point):
+                _inject_spec("sweep", data, sweep_point=point)
+            if self.mitigation is not None:
+                _stuck_spec(point_mitigation(self.mitigation, point), point)
+            elif any(path.startswith("mitigation.") for path in point):
+                raise QFaultConfigError("sweep", point, "mitigation.* paths only with a mitigation section")
         thresholds = tuple(float(t) for t in self.sdc_thresholds)
         for t in thresholds:
             check_range("sdc_thresholds", t, 0.0, 1e6)
@@ -254,6 +270,27 @@ def _inject_spec(field_name: str, data: Any, sweep_point: dict | None = None):
         raise QFaultConfigError(field_name, data, "InjectSpec fields", hint=str(exc)) from None
 
 
+def _stuck_spec(data: dict, point: dict | None = None):
+    from ..mitigation import StuckAtSpec
+
+    try:
+        return StuckAtSpec(**data)
+    except QFaultConfigError as exc:
+        where = f"mitigation.{exc.field}" if point is None else f"sweep {point}: mitigation.{exc.field}"
+        raise QFaultConfigError(where, exc.value, exc.allowed) from None
+
+
+def point_mitigation(mitigation: dict | None, point: dict) -> dict | None:
+    """The mitigation section of a sweep point (paths ``mitigation.<field>``)."""
+    if mitigation is None:
+        return None
+    out = dict(mitigation)
+    for path, value in point.items():
+        if path.startswith("mitigation."):
+            out[path.split(".", 1)[1]] = value
+    return out
+
+
 def _set_path(data: dict, keys: list[str], value: Any) -> None:
     for key in keys[:-1]:
         if key.isdigit() and isinstance(data, list):
@@ -268,10 +305,11 @@ def _set_path(data: dict, keys: list[str], value: Any) -> None:
 
 
 def point_faults(faults: tuple, point: dict) -> list[dict]:
-    """The fault spec dicts of a sweep point (paths apply to ``faults[0]``)."""
+    """The fault spec dicts of a sweep point (paths other than ``mitigation.*`` apply to ``faults[0]``)."""
     out = [copy.deepcopy(f) for f in faults]
     for path, value in point.items():
-        _set_path(out[0], path.split("."), value)
+        if not path.startswith("mitigation."):
+            _set_path(out[0], path.split("."), value)
     return out
 
 

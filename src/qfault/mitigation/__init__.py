@@ -7,6 +7,7 @@ from ._linear import (
     swap_linear,
 )
 from ._remap import BIT_FLIP_MAX_BITS, METHODS, cvm_codes, draw_stuck_map, remap
+from ._stuck import STUCK_METHODS, StuckAtHandle, StuckAtSpec, apply_stuck_at, stuck_layers
 
 __all__ = [
     "BIT_FLIP_MAX_BITS",
@@ -18,4 +19,9 @@ __all__ = [
     "seed_quantize_activation",
     "seed_quantize_weight",
     "swap_linear",
+    "STUCK_METHODS",
+    "StuckAtHandle",
+    "StuckAtSpec",
+    "apply_stuck_at",
+    "stuck_layers",
 ]
