@@ -256,6 +256,16 @@ def test_stuck_at_mitigation_campaign(tmp_path):
         assert by_values[(0.0, method)].counts["masked"] == by_values[(0.0, method)].counts["images"]
     faulty = {m: by_values[(5.0, m)] for m in ("raw", "cvm", "sign_flip", "bit_flip")}
     assert all(p.counts["masked"] < p.counts["images"] for p in faulty.values())
+    # the float baseline is the unquantized MLP on the same images
+    import torch
+
+    from qfault.campaign._runner import load_batches, predict
+    from qfault.testing import tiny_digits_mlp
+
+    batches = load_batches(spec)
+    labels = torch.cat([y for _, y in batches])
+    expected = 100.0 * float((predict(tiny_digits_mlp(), batches).argmax(1) == labels).float().mean())
+    assert result.float_accuracy == pytest.approx(expected)
     with pytest.raises(QFaultConfigError, match="mitigation"):
         CampaignSpec.from_dict({**data, "mitigation": {"rate": 1.0, "method": "magic"}})
     with pytest.raises(QFaultConfigError, match="sweep"):
@@ -293,3 +303,17 @@ def test_methods_share_fault_maps_and_order_by_weight_error():
                                  for c, (_, layer) in zip(clean, stuck_layers(model)))
             assert handle.stuck_cells > 0
     assert errors["raw"] > errors["cvm"] >= max(errors["sign_flip"], errors["bit_flip"])
+
+
+def test_float_mode_computes_the_unquantized_layers():
+    import torch
+
+    from qfault.mitigation import float_mode
+    from qfault.testing import tiny_digits_mlp, tiny_digits_seed_quant
+
+    x = torch.randn(7, 1, 8, 8)
+    model = tiny_digits_seed_quant()
+    quantized = model(x)
+    with float_mode(model):
+        assert torch.allclose(model(x), tiny_digits_mlp()(x), rtol=0, atol=1e-6)
+    assert torch.equal(model(x), quantized)

@@ -126,33 +126,60 @@ def _plots(result: CampaignResult, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     axis, xs = _axis_values(result)
-    numeric = all(isinstance(x, (int, float)) for x in xs)
-    positions = xs if numeric else list(range(len(xs)))
+    numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
     labels = [json.dumps(x) for x in xs]
     paths = []
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    means = [p.accuracy_mean for p in result.points]
-    halves = [p.accuracy_ci if p.accuracy_ci != float("inf") else 0.0 for p in result.points]
-    ax.plot(positions, means, marker="o", label="faulty")
-    ax.fill_between(positions, [max(0.0, m - h) for m, h in zip(means, halves)],
-                    [min(100.0, m + h) for m, h in zip(means, halves)],
-                    alpha=0.25, label="95% CI")
+    # accuracy vs the first sweep axis, one line (with its 95 % CI band) per value of the others
+    categories = list(dict.fromkeys(labels))
+    others = [a for a in result.spec.sweep if a != axis]
+    series: dict[str, list] = {}
+    for point, x, label in zip(result.points, xs, labels):
+        key = ", ".join(f"{a.split('.')[-1]}={json.dumps(point.values.get(a))}" for a in others) or "faulty"
+        series.setdefault(key, []).append((x if numeric else categories.index(label), point))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for key, members in series.items():
+        members.sort(key=lambda item: item[0])
+        pos = [m[0] for m in members]
+        means = [m[1].accuracy_mean for m in members]
+        halves = [m[1].accuracy_ci if m[1].accuracy_ci != float("inf") else 0.0 for m in members]
+        ax.plot(pos, means, marker="o", label=key)
+        ax.fill_between(pos, [max(0.0, m - h) for m, h in zip(means, halves)],
+                        [min(100.0, m + h) for m, h in zip(means, halves)], alpha=0.2)
     ax.axhline(result.golden_accuracy, color="gray", linestyle="--", label="golden")
+    if result.float_accuracy is not None:
+        ax.axhline(result.float_accuracy, color="black", linestyle=":", label="float")
     if numeric and all(x > 0 for x in xs) and max(xs) / min(xs) > 50:
         ax.set_xscale("log")
     if not numeric:
-        ax.set_xticks(positions, labels, rotation=45, ha="right")
+        ax.set_xticks(range(len(categories)), categories, rotation=45, ha="right")
     ax.set_xlabel(axis)
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel("top-1 accuracy (%), 95% CI bands")
     ax.set_title(result.spec.name)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left")
+    ax.legend(loc="lower left", fontsize="small")
     fig.tight_layout()
     path = out / "accuracy.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     paths.append(path)
+
+    if "indices" in result.spec.sweep:  # per-layer vulnerability: SDC-1 rate with Wilson intervals
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        names = [json.dumps(p.values.get("indices")) for p in result.points]
+        rates = [100 * p.rates.get("sdc1", {}).get("rate", 0.0) for p in result.points]
+        low = [r - 100 * p.rates.get("sdc1", {}).get("low", 0.0) for r, p in zip(rates, result.points)]
+        high = [100 * p.rates.get("sdc1", {}).get("high", 0.0) - r for r, p in zip(rates, result.points)]
+        ax.bar(range(len(rates)), rates, yerr=[low, high], capsize=3)
+        ax.set_xticks(range(len(rates)), names, rotation=45, ha="right")
+        ax.set_xlabel("layer (indices)")
+        ax.set_ylabel("SDC-1 (% of images), 95% Wilson")
+        ax.set_title("per-layer vulnerability")
+        fig.tight_layout()
+        path = out / "vulnerability.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     bottom = [0.0] * len(result.points)
@@ -185,7 +212,7 @@ def _html(result: CampaignResult, out: Path, images: list[Path]) -> Path:
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(result.spec.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}img{{max-width:48%}}</style>
 </head><body><h1>{html.escape(result.spec.name)}</h1>
-<p>Golden accuracy {result.golden_accuracy:.2f}% · spec fingerprint <code>{result.spec.fingerprint()[:16]}</code> ·
+<p>Golden accuracy {result.golden_accuracy:.2f}%{'' if result.float_accuracy is None else f' (float {result.float_accuracy:.2f}%)'} · spec fingerprint <code>{result.spec.fingerprint()[:16]}</code> ·
 <a href="summary.json">summary.json</a> · <a href="points.csv">points.csv</a> · <a href="trials.csv">trials.csv</a></p>
 <table><tr><th>point</th><th>values</th><th>trials</th><th>accuracy (%) ± 95% CI</th>
 {''.join(f'<th>{k} (%)</th>' for k in OUTCOME_KEYS)}</tr>{rows}</table>{pictures}</body></html>"""

@@ -127,10 +127,12 @@ class CampaignResult:
     golden_accuracy: float
     points: list[PointSummary]
     store: str
+    float_accuracy: float | None = None  # unquantized baseline (campaigns with a mitigation section)
 
     def to_dict(self) -> dict:
         return {"name": self.spec.name, "fingerprint": self.spec.fingerprint(), "store": self.store,
-                "golden_accuracy": self.golden_accuracy, "spec": self.spec.to_dict(),
+                "golden_accuracy": self.golden_accuracy, "float_accuracy": self.float_accuracy,
+                "spec": self.spec.to_dict(),
                 "points": [p.to_dict() for p in self.points]}
 
 
@@ -138,6 +140,7 @@ def summarize(spec: CampaignSpec, store: CampaignStore) -> CampaignResult:
     """Per-point aggregates with confidence intervals, from the store alone."""
     golden = store.golden()
     golden_acc = float(golden["accuracy"]) if golden else float("nan")
+    float_acc = float(golden["float_accuracy"]) if golden and "float_accuracy" in golden else None
     by_point: dict[int, list[TrialRow]] = {}
     for row in store.trials():
         by_point.setdefault(row.point, []).append(row)
@@ -159,7 +162,7 @@ def summarize(spec: CampaignSpec, store: CampaignStore) -> CampaignResult:
                 rates[key] = {"rate": counts[key] / images, "low": low, "high": high}
         points.append(PointSummary(index, rows[0].point_values, len(rows), mean, population_std(accs),
                                    half, counts, rates))
-    return CampaignResult(spec, golden_acc, points, str(store.path))
+    return CampaignResult(spec, golden_acc, points, str(store.path), float_acc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,6 +238,12 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
             labels = torch.cat([y for _, y in batches])
             accuracy = 100.0 * float((logits.argmax(1) == labels).float().mean())
             golden = {"logits": logits, "labels": labels, "accuracy": accuracy}
+            if spec.mitigation is not None:  # seed 000 reports the float baseline beside the quantized one
+                from ..mitigation import float_mode
+
+                with float_mode(model):
+                    float_logits = predict(model, batches)
+                golden["float_accuracy"] = 100.0 * float((float_logits.argmax(1) == labels).float().mean())
             store.save_golden(golden)
         base = [InjectSpec.from_dict(f) for f in spec.faults]
         num_layers = None

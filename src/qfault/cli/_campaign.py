@@ -34,7 +34,10 @@ def run_campaign_command(args) -> int:
     else:
         with CampaignStore(spec.store_path(), spec, create=False) as store:
             result = summarize(spec, store)
-    table = Table(title=f"{spec.name}: golden accuracy {result.golden_accuracy:.2f}%")
+    title = f"{spec.name}: golden accuracy {result.golden_accuracy:.2f}%"
+    if result.float_accuracy is not None:
+        title += f" (quantized; float {result.float_accuracy:.2f}%)"
+    table = Table(title=title)
     for col in ("#", "point", "n", "acc. (%)", "SDC-1 %", "masked %", "DUE %"):
         table.add_column(col, justify="left" if col == "point" else "right")
     for p in result.points:

@@ -2,6 +2,7 @@
 
 from ._linear import (
     SeedQuantLinear,
+    float_mode,
     seed_quantize_activation,
     seed_quantize_weight,
     swap_linear,
@@ -14,6 +15,7 @@ __all__ = [
     "METHODS",
     "SeedQuantLinear",
     "cvm_codes",
+    "float_mode",
     "draw_stuck_map",
     "remap",
     "seed_quantize_activation",

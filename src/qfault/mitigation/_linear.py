@@ -30,7 +30,8 @@ Differences from the seed:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -179,9 +180,15 @@ class SeedQuantLinear(nn.Module):
             return codes, scale.to(torch.float32)
         return seed_quantize_weight(self.weight, self.weight_bits)
 
+    #: when False the layer computes in float (the clean, unquantized baseline); see float_mode()
+    quantized: bool = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise QFaultConfigError("input", tuple(x.shape), f"a tensor of shape [..., {self.in_features}]")
+        if not self.quantized:
+            return nn.functional.linear(x, self.weight.to(x.dtype),
+                                        None if self.bias is None else self.bias.to(x.dtype))
         out_dtype = x.dtype if x.is_floating_point() else torch.float32
         q_w, s_w = self._weight_q()
         q_x, s_x = seed_quantize_activation(x, self.act_bits)
@@ -230,3 +237,17 @@ def swap_linear(model: nn.Module, skip: Iterable[str] | str = ("head",), weight_
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new[id(mod)])
     return replaced
+
+
+@contextmanager
+def float_mode(model: nn.Module) -> Iterator[None]:
+    """Within the context every ``SeedQuantLinear`` of ``model`` computes in float (its float
+    ``weight``): the clean, unquantized baseline of seed 000."""
+    layers = [m for m in model.modules() if isinstance(m, SeedQuantLinear)]
+    for layer in layers:
+        layer.quantized = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.__dict__.pop("quantized", None)
