@@ -317,3 +317,36 @@ def test_float_mode_computes_the_unquantized_layers():
     with float_mode(model):
         assert torch.allclose(model(x), tiny_digits_mlp()(x), rtol=0, atol=1e-6)
     assert torch.equal(model(x), quantized)
+
+
+@pytest.mark.filterwarnings("ignore:imagenet_val")
+def test_seed_000_campaign_on_a_vit_with_imagenet_style_files(tmp_path):
+    """The seed's setting end to end, small: a timm ViT (random init, no download) with quantized
+    Linear layers, ImageNet-val file names, stuck-at rates x mitigation methods."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "val"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i, synset in enumerate(["n01440764", "n01443537", "n01440764", "n01443537"]):
+        pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"ILSVRC2012_val_{i + 1:08d}_{synset}.JPEG")
+    checkpoint = tmp_path / "vit.pth"
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2).state_dict(), checkpoint)
+    spec = CampaignSpec.from_dict({
+        "name": "vit", "store": str(tmp_path / "vit.db"), "batch_size": 4,
+        "model": {"source": "factory", "factory": "qfault.mitigation:seed_quant_vit",
+                  "kwargs": {"name": "vit_tiny_patch16_224", "num_classes": 2, "checkpoint": str(checkpoint)}},
+        "dataset": {"name": "imagenet_val", "root": str(root), "resize": None},
+        "faults": [], "mitigation": {"rate": 2.0, "method": "cvm"},
+        "sweep": {"mitigation.method": ["raw", "sign_flip"]}, "repetitions": 1,
+    })
+    result = run_campaign(spec, progress=False, log=lambda *_: None)
+    assert [p.values["mitigation.method"] for p in result.points] == ["raw", "sign_flip"]
+    assert result.float_accuracy is not None
+    assert all(p.counts["images"] == 4 and p.counts["masked"] < 4 for p in result.points)

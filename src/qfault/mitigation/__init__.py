@@ -4,6 +4,7 @@ from ._linear import (
     SeedQuantLinear,
     float_mode,
     seed_quantize_activation,
+    seed_quant_vit,
     seed_quantize_weight,
     swap_linear,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "float_mode",
     "draw_stuck_map",
     "remap",
+    "seed_quant_vit",
     "seed_quantize_activation",
     "seed_quantize_weight",
     "swap_linear",

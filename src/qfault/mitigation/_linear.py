@@ -251,3 +251,34 @@ def float_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for layer in layers:
             layer.__dict__.pop("quantized", None)
+
+
+def seed_quant_vit(name: str = "vit_base_patch16_224", checkpoint: str | None = None, weight_bits: int = 8,
+                   act_bits: int = 8, skip: Iterable[str] | str = ("head",), **timm_kwargs) -> nn.Module:
+    """A timm ViT with seed 000's quantized Linear layers, frozen, in eval mode.
+
+    Builds ``timm.create_model(name, pretrained=False)`` (never downloads), loads ``checkpoint``
+    (a local state dict file) when given, swaps every Linear but ``skip`` and freezes the codes.
+    Usable as a campaign model factory: ``{source: factory, factory: "qfault.mitigation:seed_quant_vit",
+    kwargs: {name: vit_base_patch16_224, checkpoint: /models/vit_b16.pth}}``.
+    """
+    import timm
+
+    model = timm.create_model(name, pretrained=False, **timm_kwargs)
+    if checkpoint is not None:
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise QFaultConfigError("checkpoint", str(checkpoint), "a readable state dict file",
+                                    hint=f"{type(exc).__name__}: {exc}") from None
+        state = state.get("model_state_dict", state.get("state_dict", state)) if isinstance(state, dict) else state
+        try:
+            model.load_state_dict(state)
+        except Exception as exc:
+            raise QFaultConfigError("checkpoint", str(checkpoint), f"a state dict for {name}",
+                                    hint=str(exc).splitlines()[0]) from None
+    swap_linear(model, skip=skip, weight_bits=weight_bits, act_bits=act_bits)
+    for module in model.modules():
+        if isinstance(module, SeedQuantLinear):
+            module.freeze()
+    return model.eval()
