@@ -63,3 +63,17 @@ def test_demo_end_to_end_and_cache(tmp_path, capsys):
     assert main(args) == 0
     assert "unreadable" in capsys.readouterr().out
     assert json.loads((out / "results.json").read_text())["trained_now"] is True
+
+
+def test_ls_and_cp_config_templates(tmp_path, capsys):
+    assert main(["ls", "configs"]) == 0
+    assert "campaign_digits.yaml" in capsys.readouterr().out
+    assert main(["cp", "campaign_digits", str(tmp_path)]) == 0
+    copied = tmp_path / "campaign_digits.yaml"
+    from qfault.campaign import CampaignSpec
+
+    spec = CampaignSpec.from_yaml(copied)  # the template is a valid spec
+    assert spec.sweep["fault.ber"][0] == 0.0001
+    assert main(["cp", "campaign_digits", str(tmp_path)]) == 2  # never overwrites
+    assert "does not exist yet" in capsys.readouterr().err
+    assert main(["cp", "nope", str(tmp_path)]) == 2

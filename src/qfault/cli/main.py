@@ -66,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="GPUs per Ray worker; a worker with a GPU runs its trials on it (default 0)")
 
     ls = sub.add_parser("ls", help="list registered formats, fault models, demo models and data sets")
-    ls.add_argument("what", nargs="?", choices=("formats", "faults", "models", "datasets", "all"), default="all")
+    ls.add_argument("what", nargs="?", choices=("formats", "faults", "models", "datasets", "configs", "all"),
+                    default="all")
+
+    cp = sub.add_parser("cp", help="copy a commented config template (see 'qfault ls configs')")
+    cp.add_argument("template", help="template name, e.g. campaign_digits.yaml")
+    cp.add_argument("dest", nargs="?", default=".", help="file or folder (default: the current folder)")
     return parser
 
 
@@ -88,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args)
         if args.command == "ls":
             return _ls(args.what)
+        if args.command == "cp":
+            return _cp(args.template, args.dest)
         if args.command == "campaign":
             from ._campaign import run_campaign_command
 
@@ -102,13 +109,39 @@ def main(argv: list[str] | None = None) -> int:
     return 0  # pragma: no cover
 
 
+def _templates() -> dict:
+    from importlib.resources import files
+
+    folder = files("qfault") / "configs"
+    return {entry.name: entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def _cp(template: str, dest: str) -> int:
+    from pathlib import Path
+
+    from .._errors import QFaultConfigError
+
+    templates = _templates()
+    name = template if template.endswith(".yaml") else template + ".yaml"
+    if name not in templates:
+        raise QFaultConfigError("template", template, "one of " + ", ".join(sorted(templates)))
+    target = Path(dest)
+    if target.is_dir():
+        target = target / name
+    if target.exists():
+        raise QFaultConfigError("dest", str(target), "a path that does not exist yet (nothing is overwritten)")
+    target.write_text(templates[name].read_text())
+    print(f"Wrote {target}")
+    return 0
+
+
 def _ls(what: str) -> int:
     from ..data import list_datasets, list_models
     from ..faults import list_faults
     from ..formats import list_formats
 
     groups = {"formats": list_formats(), "faults": list_faults(), "models": list_models(),
-              "datasets": list_datasets()}
+              "datasets": list_datasets(), "configs": sorted(_templates())}
     for name, items in groups.items():
         if what in (name, "all"):
             print(f"{name}: {', '.join(items)}")
