@@ -27,3 +27,25 @@ def tiny_digits_seed_quant(seed: int = 0, weight_bits: int = 8, act_bits: int = 
         if hasattr(module, "freeze"):
             module.freeze()
     return model.eval()
+
+
+class FaultRecorder:
+    """An injection listener (``handle.add_listener(recorder)``) that keeps every
+    ``(site name, draw, old codes, new codes)`` it is given."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def __call__(self, name, draw, old, new):
+        self.calls.append((name, draw, old.clone(), new.clone()))
+
+    def clear(self) -> None:
+        self.calls = []
+
+    @property
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+    def signature(self) -> list[tuple]:
+        """Hashable summary of the recorded faults (site, indices, patterns)."""
+        return [(n, tuple(d.index.tolist()), tuple(d.mask.tolist())) for n, d, _, _ in self.calls]

@@ -17,7 +17,7 @@ from torch import nn
 from qfault import BitFlip, InjectSpec, QFaultConfigError, StuckAt, inject
 from qfault.faults import LSBFlip, MSBFlip, RandomValue
 from qfault.formats import FixedPoint, FloatFormat, IntFormat
-
+from qfault.testing import FaultRecorder
 
 # --------------------------------------------------------------------------------------------
 # independent helpers
@@ -43,25 +43,7 @@ def masks_from_bit_sites(bit_sites: torch.Tensor) -> dict[int, int]:
     return masks
 
 
-class Recorder:
-    """Listener that keeps every ``(site name, draw, old codes, new codes)`` it is given."""
-
-    def __init__(self):
-        self.calls: list[tuple] = []
-
-    def __call__(self, name, draw, old, new):
-        self.calls.append((name, draw, old.clone(), new.clone()))
-
-    def clear(self):
-        self.calls = []
-
-    @property
-    def names(self) -> list[str]:
-        return [c[0] for c in self.calls]
-
-    def signature(self) -> list[tuple]:
-        """Hashable summary of the recorded faults (site, indices, patterns)."""
-        return [(n, tuple(d.index.tolist()), tuple(d.mask.tolist())) for n, d, _, _ in self.calls]
+Recorder = FaultRecorder
 
 
 def float_model(seed: int = 0) -> nn.Sequential:

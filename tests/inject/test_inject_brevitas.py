@@ -16,6 +16,7 @@ brevitas_nn = pytest.importorskip("brevitas.nn")
 
 from qfault import BitFlip, InjectSpec, QFaultConfigError, inject  # noqa: E402
 from qfault.faults import FullFlip, LSBFlip, MSBFlip, RandomValue  # noqa: E402
+from qfault.testing import FaultRecorder
 
 qnn = brevitas_nn
 
@@ -35,15 +36,7 @@ def code_range(bits: int, signed: bool) -> tuple[int, int]:
     return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
 
 
-class Recorder:
-    def __init__(self):
-        self.calls: list[tuple] = []
-
-    def __call__(self, name, draw, old, new):
-        self.calls.append((name, draw, old.clone(), new.clone()))
-
-    def clear(self):
-        self.calls = []
+Recorder = FaultRecorder
 
 
 class QNet(nn.Module):
