@@ -13,6 +13,7 @@ from torch import nn
 from .._errors import QFaultConfigError
 from ..faults import derive_seed
 from ..inject import InjectSpec, select_modules
+from ._outcomes import golden_run
 from ._prefix import PrefixCache, reusable_prefix, trace_order
 from ._spec import CampaignSpec, point_faults
 from ._stats import leveugle_sample_size, mean_ci, population_std, wilson_interval
@@ -234,18 +235,15 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
         batches = batches if batches is not None else load_batches(spec)
         golden = store.golden()
         if golden is None:
-            logits = predict(model, batches)
-            labels = torch.cat([y for _, y in batches])
-            accuracy = 100.0 * float((logits.argmax(1) == labels).float().mean())
-            golden = {"logits": logits, "labels": labels, "accuracy": accuracy}
+            device = next(model.parameters()).device
+            clean = golden_run(model, batches, device)
+            golden = {"logits": clean.logits, "labels": clean.labels, "accuracy": 100.0 * clean.accuracy}
             if spec.mitigation is not None:  # seed 000 reports the float baseline beside the quantized one
                 from ..mitigation import float_mode
 
                 with float_mode(model):
-                    float_logits = predict(model, batches)
-                golden["float_accuracy"] = 100.0 * float((float_logits.argmax(1) == labels).float().mean())
+                    golden["float_accuracy"] = 100.0 * golden_run(model, batches, device).accuracy
             store.save_golden(golden)
-        base = [InjectSpec.from_dict(f) for f in spec.faults]
         num_layers = None
         if spec.sweep.get("indices") == "each":
             first = {k: v for k, v in spec.faults[0].items() if k != "indices"}
@@ -255,7 +253,6 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
         fixed = _repetitions(spec)
         done = store.done()
         planned = len(points) * (fixed if fixed is not None else spec.stop.max_repetitions)
-        del base
 
         from ._executors import TrialContext, TrialFunction
 
