@@ -20,6 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/bench_inject.py
 	$(BIN)/python bench/bench_sampling.py
 	$(BIN)/python bench/bench_campaign.py

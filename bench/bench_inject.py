@@ -237,10 +237,13 @@ def _third_party_row(name: str, base, device, args) -> str:  # pragma: no cover 
     x = torch.randn(batch, 3, 32, 32, device=device)
     clean = copy.deepcopy(base)
     if name == "pytorchfi":
-        from pytorchfi.core import FaultInjection
+        import pytorchfi.core as pfi_core
         from pytorchfi.neuron_error_models import random_neuron_inj_batched
-        pfi = FaultInjection(copy.deepcopy(base), batch, input_shape=[3, 32, 32], layer_types=[torch.nn.Conv2d],
-                             use_cuda=device.type == "cuda")
+
+        # the class is FaultInjection in newer releases and fault_injection in 0.6
+        injector = getattr(pfi_core, "FaultInjection", None) or getattr(pfi_core, "fault_injection")
+        pfi = injector(copy.deepcopy(base), batch, input_shape=[3, 32, 32], layer_types=[torch.nn.Conv2d],
+                       use_cuda=device.type == "cuda")
 
         def faulty_step():  # one random-value neuron per image, redrawn every step (pytorchfi's nearest model)
             return random_neuron_inj_batched(pfi, min_val=-1, max_val=1)(x)
