@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from ._errors import QFaultConfigError
 
@@ -63,5 +63,3 @@ class Registry(Generic[T]):
             name.lower() in self._entries or name.lower() in self._aliases
         )
 
-
-Factory = Callable[..., object]

@@ -923,3 +923,11 @@ def test_sites_and_bits_together_are_refused():
 def test_every_bit_pattern_is_accepted_as_a_code(fmt, code):
     out, rec = corrupt(torch.tensor([code], dtype=torch.int32), fmt, BitFlip(sites=((0, 0),)), seed=0)
     assert int(out[0]) == code + 1
+
+
+def test_ieee_formats_flip_non_finite_values_like_any_other():
+    x = torch.tensor([float("inf"), float("nan"), 1.0])
+    out, rec = corrupt(x, "float32", BitFlip(sites=((0, 0), (1, 31))), seed=0)
+    assert torch.isnan(out[0])  # inf with a mantissa bit set is a NaN
+    assert int(rec.new[1]) == int(rec.old[1]) ^ (1 << 31)  # the NaN's sign bit flipped
+    assert out[2] == 1.0

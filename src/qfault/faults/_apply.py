@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,21 +134,16 @@ def draw_faults(fault: FaultModel, shape: torch.Size | tuple[int, ...], fmt: Num
                 generator: torch.Generator) -> FaultDraw:
     """Sample the faults of ``fault`` for a tensor of ``shape`` in ``fmt`` (on the CPU)."""
     shape = tuple(shape)
-    numel = 1
-    for s in shape:
-        numel *= s
-    empty = torch.empty(0, dtype=torch.int64)
+    numel = math.prod(shape)
     if isinstance(fault, BitFlip):
         if fault.sites is not None:
             sites = torch.tensor(fault.sites, dtype=torch.int64).view(-1, 2)
-            allowed = resolve_bits(None, fmt)
             bad = (sites[:, 0] >= numel) | (sites[:, 1] >= fmt.bits)
             if bool(bad.any()):
                 raise QFaultConfigError("sites", tuple(sites[bad][0].tolist()),
                                         f"element < {numel} and bit < {fmt.bits}")
             sites = torch.unique(sites, dim=0)
             elements, bits = sites[:, 0], sites[:, 1]
-            del allowed
         else:
             elements, bits = _bit_level(numel, fmt, fault, gen=generator, p=fault.ber, count=fault.count)
         index, mask, _ = _group_bit_sites(elements, bits)
@@ -175,7 +171,6 @@ def draw_faults(fault: FaultModel, shape: torch.Size | tuple[int, ...], fmt: Num
                 "full_flip": FullFlip}[fault.strategy]
         return _element_draw(kind, index, fmt, generator)
     raise QFaultConfigError("fault", type(fault).__name__, "a registered fault model")  # pragma: no cover
-    return FaultDraw(empty, XOR, empty)  # pragma: no cover
 
 
 def _element_draw(kind: type, index: torch.Tensor, fmt: NumberFormat, gen: torch.Generator) -> FaultDraw:
@@ -200,7 +195,7 @@ def hw_periodic_pattern(fault: HwPeriodic, generator: torch.Generator) -> torch.
 def hw_periodic_mask(shape: tuple[int, ...], pattern: torch.Tensor) -> torch.Tensor:
     """Lay the periodic pattern over a tensor of ``shape`` (bool mask, CPU). See docs/faults.md."""
     period = pattern.numel()
-    if _numel_of(shape) == 0:
+    if math.prod(shape) == 0:
         return torch.zeros(shape, dtype=torch.bool)
     if len(shape) == 4:
         batch, channels, height, width = shape
@@ -218,17 +213,9 @@ def hw_periodic_mask(shape: tuple[int, ...], pattern: torch.Tensor) -> torch.Ten
         batch, width = shape
         row = pattern.repeat(-(-width // period))[:width]
         return row.view(1, width).expand(shape).clone()
-    numel = 1
-    for s in shape:
-        numel *= s
+    numel = math.prod(shape)
     return pattern.repeat(-(-numel // period))[:numel].view(shape)
 
-
-def _numel_of(shape: tuple[int, ...]) -> int:
-    numel = 1
-    for s in shape:
-        numel *= s
-    return numel
 
 
 def hw_periodic_index(shape: tuple[int, ...], fault: HwPeriodic, generator: torch.Generator) -> torch.Tensor:
@@ -326,25 +313,38 @@ def apply_draw(x: torch.Tensor, fmt: NumberFormat, draw: FaultDraw, *, scale=Non
         out[index] = new.to(x.dtype)
         return out.view_as(x), FaultRecord(index, old, new, draw.bit_sites)
     values = flat[index]
+    if isinstance(fmt, IntFormat):
+        if scale is None:
+            scale, zero_point = calibrate(fmt, x, axis)
+        scale, zero_point = _param_at(scale, x, axis, index), _param_at(zero_point, x, axis, index)
+    else:
+        scale = zero_point = None
+    old, new, faulty = fault_values(fmt, values, draw, scale, zero_point)
+    out = flat.clone()
+    out[index] = faulty
+    return out.view_as(x), FaultRecord(index, old, new, draw.bit_sites)
+
+
+def fault_values(fmt: NumberFormat, values: torch.Tensor, draw: FaultDraw, scale=None, zero_point=None,
+                 finite: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Faulted values of the hit elements ``values`` ([k] floats, ``draw`` order).
+
+    ``scale``/``zero_point`` are per hit element (or scalars). Returns ``(old codes, new codes,
+    faulty values)``; a value whose code does not change is returned unchanged. In int and
+    fixed-point formats NaN/inf have no code and stay as they are (``finite=True`` skips that check
+    when the caller knows); IEEE formats flip their bits like any other.
+    """
     if isinstance(fmt, FloatFormat):
         old = fmt.encode(values)
         new = apply_to_codes(fmt, old, draw)
-        faulty_values = fmt.decode(new, dtype=x.dtype)
+        faulty = fmt.decode(new, dtype=values.dtype)
     else:
-        if isinstance(fmt, IntFormat):
-            if scale is None:
-                scale, zero_point = calibrate(fmt, x, axis)
-            scale_at = _param_at(scale, x, axis, index)
-            zero_at = _param_at(zero_point, x, axis, index)
-        else:
-            scale_at = zero_at = None
-        old = fmt.encode(values, scale_at, zero_at)
+        old = fmt.encode(values, scale, zero_point)
         new = apply_to_codes(fmt, old, draw)
-        new = torch.where(torch.isfinite(values), new, old)  # NaN/inf have no integer code
-        faulty_values = fmt.decode(new, scale_at, zero_at, dtype=x.dtype)
-    out = flat.clone()
-    out[index] = torch.where((new != old) & torch.isfinite(values), faulty_values, values)
-    return out.view_as(x), FaultRecord(index, old, new, draw.bit_sites)
+        if not finite:
+            new = torch.where(torch.isfinite(values), new, old)
+        faulty = fmt.decode(new, scale, zero_point, dtype=values.dtype)
+    return old, new, torch.where(new != old, faulty, values)
 
 
 def _param_at(param, x: torch.Tensor, axis: int | None, index: torch.Tensor):

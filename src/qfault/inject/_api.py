@@ -14,8 +14,8 @@ from torch import nn
 
 from .._errors import QFaultConfigError
 from ..faults import (
-    BitFlip, FaultDraw, FullFlip, LSBFlip, MSBFlip, RandomValue, StuckAt, apply_to_codes, derive_seed,
-    draw_faults, make_generator, uniform_index,
+    BitFlip, FaultDraw, FullFlip, LSBFlip, MSBFlip, RandomValue, StuckAt, derive_seed, draw_faults,
+    fault_values, make_generator, uniform_index,
 )
 from ..formats import FloatFormat, IntFormat, NumberFormat, calibrate
 from ..faults._apply import _group_bit_sites
@@ -129,7 +129,6 @@ class _SiteRuntime:
         self.counter = 0
         self.permanent_draws: dict[tuple, FaultDraw] = {}
         self.weight_qparams: tuple | None = None
-        self.prepared_capable = False
         #: registers this site's hooks and returns their handles (None for parameter sites)
         self.attach = None
 
@@ -166,7 +165,7 @@ class _SiteRuntime:
                 draw = draw_faults(spec.fault, domain, fmt, gen).to(device)
                 self.permanent_draws[key] = draw
             if domain != shape:
-                draw = _expand_over_batch(draw, shape[0], _numel(domain))
+                draw = _expand_over_batch(draw, shape[0], math.prod(domain))
             return draw
         self.counter += 1
         if spec.per_image and batched and len(shape) > 1:
@@ -182,19 +181,9 @@ class _SiteRuntime:
         says the caller knows ``x`` has no NaN/inf."""
         index = draw.index
         values = x.detach().reshape(-1)[index]
-        if isinstance(fmt, FloatFormat):
-            old = fmt.encode(values)
-            new = apply_to_codes(fmt, old, draw)
-            faulty = fmt.decode(new, dtype=x.dtype)
-        else:
-            scale_at = gather_param(scale, tuple(x.shape), index, axis)
-            zero_at = gather_param(zero_point, tuple(x.shape), index, axis)
-            old = fmt.encode(values, scale_at, zero_at)
-            new = apply_to_codes(fmt, old, draw)
-            if not finite:
-                new = torch.where(torch.isfinite(values), new, old)  # NaN/inf have no integer code
-            faulty = fmt.decode(new, scale_at, zero_at, dtype=x.dtype)
-        faulty = torch.where(new != old, faulty, values)
+        scale_at = gather_param(scale, tuple(x.shape), index, axis)
+        zero_at = gather_param(zero_point, tuple(x.shape), index, axis)
+        old, new, faulty = fault_values(fmt, values, draw, scale_at, zero_at, finite)
         if self.spec.track_statistics:
             self._record(x, fmt, scale, zero_point, axis, old, new, values, faulty)
         self.handle._notify(self, draw, old, new)
@@ -254,12 +243,6 @@ class _SiteRuntime:
         return scale, (None if fmt.signed else zero), None
 
 
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
 
 def _expand_over_batch(draw: FaultDraw, batch: int, per_image: int) -> FaultDraw:
     offsets = torch.arange(batch, device=draw.index.device).unsqueeze(1) * per_image
@@ -274,7 +257,7 @@ def _one_flip_per_image(fault, shape: tuple[int, ...], fmt: NumberFormat, seed: 
     batch = shape[0]
     if not (isinstance(fault, BitFlip) and fault.count == 1 and fault.bits is None and batch <= 256):
         return None
-    per_image = _numel(shape[1:])
+    per_image = math.prod(shape[1:])
     rng = random.Random(seed)
     picks = [rng.randrange(per_image * fmt.bits) for _ in range(batch)]
     rows = [[b * per_image + p // fmt.bits for b, p in enumerate(picks)],
@@ -285,7 +268,7 @@ def _one_flip_per_image(fault, shape: tuple[int, ...], fmt: NumberFormat, seed: 
 
 def _per_image_draw(fault, shape: tuple[int, ...], fmt: NumberFormat, gen: torch.Generator) -> FaultDraw:
     """Independent draws for each image of a batch (dim 0)."""
-    batch, per_image = shape[0], _numel(shape[1:])
+    batch, per_image = shape[0], math.prod(shape[1:])
     if isinstance(fault, BitFlip) and fault.count is not None and fault.bits is None \
             and fault.count * fault.count * 4 <= per_image * fmt.bits:
         population = per_image * fmt.bits
@@ -337,7 +320,7 @@ class _ParamGroup:
         for spec_id, spec in enumerate(handle.specs):
             if spec.site not in (Site.WEIGHT, Site.BIAS) or spec.layer_mode != "all" or not _groupable(spec.fault):
                 continue
-            sites = [s for s in handle.sites if s.spec_id == spec_id and s.prepared_capable]
+            sites = [s for s in handle._param_sites if s.spec_id == spec_id]
             if len(sites) > 1:
                 groups.append(_ParamGroup(handle, spec_id, sites))
         return groups
@@ -414,19 +397,12 @@ class _ParamGroup:
         counts = torch.bincount(owner, minlength=len(params)).tolist()
         local_parts = local.split(counts)
         clean = torch.cat([param.detach().reshape(-1).index_select(0, part) for param, part in zip(params, local_parts)])
+        scale = zero = None
         if isinstance(fmt, IntFormat):
             channel = tables["channel_start"][owner] + local // tables["inner"][owner]
             scale = tables["scale"][channel]
             zero = None if tables["zero"] is None else tables["zero"][channel]
-            old = fmt.encode(clean, scale, zero)
-            new = apply_to_codes(fmt, old, draw)
-            new = torch.where(torch.isfinite(clean), new, old)
-            faulty = fmt.decode(new, scale, zero, dtype=clean.dtype)
-        else:
-            old = fmt.encode(clean)
-            new = apply_to_codes(fmt, old, draw)
-            faulty = fmt.decode(new, dtype=clean.dtype)
-        faulty = torch.where(new != old, faulty, clean)
+        old, new, faulty = fault_values(fmt, clean, draw, scale, zero)
         observe = self.spec.track_statistics or bool(self.handle._listeners)
         ends = torch.tensor(counts).cumsum(0).tolist() if observe else [0] * len(counts)
         parts = zip(self.sites, params, active, local_parts, clean.split(counts), faulty.split(counts),
@@ -653,7 +629,6 @@ def _attach(handle: InjectionHandle, site: _SiteRuntime) -> None:
     elif spec.site in (Site.WEIGHT, Site.BIAS):
         if spec.format is None:
             raise _format_error(site)
-        site.prepared_capable = True
         handle._param_sites.append(site)
         site.attach = None
         return
