@@ -372,3 +372,20 @@ def test_input_site_accepts_quant_tensor_input():
         model(inputs((2, 8)))
     assert len(rec.calls) == 1
     handle.remove()
+
+
+def test_wide_accumulator_input_needs_a_format_and_takes_one():
+    torch.manual_seed(0)
+    model = nn.Sequential(qnn.QuantIdentity(return_quant_tensor=True),
+                          qnn.QuantLinear(8, 6, bias=False, return_quant_tensor=True), qnn.QuantReLU()).eval()
+    spec = InjectSpec(fault=BitFlip(count=2), site="input", types=("QuantReLU",), seed=0)
+    with inject(model, spec), torch.no_grad(), pytest.raises(QFaultConfigError) as info:
+        model(inputs((2, 8)))
+    message = str(info.value)
+    assert message.startswith("format=None") and "-bit QuantTensor at 2:input" in message and "int8" in message
+    rec = Recorder()
+    with inject(model, InjectSpec(fault=BitFlip(count=2), site="input", types=("QuantReLU",), format="int8",
+                                  seed=0)) as handle, torch.no_grad():
+        handle.add_listener(rec)
+        model(inputs((2, 8)))
+    assert len(rec.calls) == 1 and rec.calls[0][1].bit_sites.shape == (2, 2)

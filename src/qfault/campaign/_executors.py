@@ -46,6 +46,8 @@ class TrialContext:
     golden: dict
     prefix: Any = None
     prefix_names: dict = field(default_factory=dict)
+    #: trials a forward may evaluate at once (1: one trial per forward; see ``stackable``)
+    stack: int = 1
 
 
 def execute_trial(context: TrialContext, item: tuple[int, dict, int], *, golden_logits: torch.Tensor | None = None):
@@ -99,6 +101,106 @@ def execute_trial(context: TrialContext, item: tuple[int, dict, int], *, golden_
     return TrialRow(index, repetition, point, seed, accuracy, counts, faulted[0], time.monotonic() - start)
 
 
+def stackable(spec, points: list[dict]) -> bool:
+    """Whether trials of ``spec`` may share a forward: every fault of every point acts on
+    activations (outputs/inputs) of a fixed layer set, and no stuck-at mitigation changes weights."""
+    from ..inject import InjectSpec
+    from ._spec import point_faults
+
+    if spec.mitigation is not None:
+        return False
+    for point in points:
+        for data in point_faults(spec.faults, point):
+            inject_spec = InjectSpec.from_dict(data)
+            if inject_spec.site.value not in ("output", "input") or inject_spec.layer_mode != "all":
+                return False
+    return True
+
+
+@torch.no_grad()
+def stacked_logits(model: nn.Module, batches: list, trials: int, prefix=None) -> torch.Tensor:
+    """Logits ``[trials, N, C]``: every batch repeated ``trials`` times in one forward, the
+    ``k``-th block of each output gathered into trial ``k`` (float32, CPU)."""
+    outputs = []
+    try:
+        if prefix is not None:
+            prefix.repeat = trials
+        for i, (x, _) in enumerate(batches):
+            if prefix is not None:
+                prefix.batch = i
+            out = model(x.repeat(trials, *([1] * (x.dim() - 1))))
+            out = getattr(out, "value", out).detach().float().cpu()
+            outputs.append(out.view(trials, x.shape[0], *out.shape[1:]))
+    finally:
+        if prefix is not None:
+            prefix.repeat = 1
+    return torch.cat(outputs, dim=1)
+
+
+def execute_trials(context: TrialContext, items: list[tuple[int, dict, int]], *,
+                   golden_logits: torch.Tensor | None = None) -> list:
+    """Rows of several trials of one sweep point, ``context.stack`` of them per forward.
+
+    Each block of a stacked forward is faulted exactly as its trial alone would be (same seeds,
+    same draws), so the rows equal those of :func:`execute_trial` one by one; the campaign runner
+    verifies that stacking leaves the fault-free logits bit-identical before it stacks.
+    """
+    from ..faults import derive_seed
+    from ..inject import InjectSpec, inject
+    from ._outcomes import classify
+    from ._runner import trial_seed
+    from ._spec import point_faults
+    from ._store import TrialRow
+
+    if context.stack <= 1 or len(items) <= 1:
+        return [execute_trial(context, item, golden_logits=golden_logits) for item in items]
+    if len(items) > context.stack:
+        return [row for start in range(0, len(items), context.stack)
+                for row in execute_trials(context, items[start:start + context.stack], golden_logits=golden_logits)]
+    spec = context.spec
+    index, point, _ = items[0]
+    if any(item[0] != index for item in items):
+        raise ValueError("stacked trials must belong to one sweep point")
+    faults = point_faults(spec.faults, point)
+    seeds = [trial_seed(spec, point, repetition) for _, _, repetition in items]
+    prefix = context.prefix
+    names = context.prefix_names.get(index, ())
+    if prefix is not None and not prefix.repeatable(names):
+        prefix, names = None, ()
+    start = time.monotonic()
+    with inject(context.model, [InjectSpec.from_dict({**f, "seed": 0}) for f in faults]) as handle:
+        handle._stack_trials([[derive_seed(seed, i) >> 1 for i in range(len(faults))] for seed in seeds])
+        with prefix.replay(names) if prefix is not None else contextlib.nullcontext():
+            logits = stacked_logits(context.model, context.batches, len(items), prefix)
+        changed = handle.trial_changed.tolist()
+    seconds = (time.monotonic() - start) / len(items)
+    golden = context.golden["logits"] if golden_logits is None else golden_logits
+    rows = []
+    for k, (_, _, repetition) in enumerate(items):
+        outcome = classify(golden, logits[k], context.golden["labels"], atol=spec.atol,
+                           sdc_thresholds=spec.sdc_thresholds)
+        counts = outcome.counts()
+        accuracy = 100.0 * counts["correct_faulty"] / max(1, counts["images"])
+        rows.append(TrialRow(index, repetition, point, seeds[k], accuracy, counts, int(changed[k]), seconds))
+    return rows
+
+
+def stacking_is_exact(model: nn.Module, batches: list, golden_logits: torch.Tensor, trials: int) -> bool:
+    """Whether a clean forward of ``trials`` stacked copies reproduces ``golden_logits`` bit for bit
+    on the first and the last batch (kernels may pick other algorithms for other batch sizes)."""
+    if trials <= 1 or not batches:
+        return trials <= 1
+    ends = sorted({0, len(batches) - 1})
+    offsets = [0]
+    for x, _ in batches:
+        offsets.append(offsets[-1] + x.shape[0])
+    for i in ends:
+        stacked = stacked_logits(model, [batches[i]], trials)
+        if not all(torch.equal(stacked[k], golden_logits[offsets[i]:offsets[i + 1]]) for k in range(trials)):
+            return False
+    return True
+
+
 class TrialFunction:
     """Picklable ``item -> TrialRow`` for one campaign (what ``run_campaign`` maps over trials).
 
@@ -124,13 +226,21 @@ class TrialFunction:
         batches = [(x.to(device), y) for x, y in ctx.batches]
         # recorded clean outputs stay on the CPU: a worker on another device recomputes them
         keep = device.type == "cpu"
+        golden = None if device.type == "cpu" else predict(model, batches)
+        stack = ctx.stack
+        if golden is not None and not stacking_is_exact(model, batches, golden, stack):
+            stack = 1
         self.context = TrialContext(ctx.spec, model, batches, ctx.golden, ctx.prefix if keep else None,
-                                    ctx.prefix_names if keep else {})
+                                    ctx.prefix_names if keep else {}, stack)
         self.device = device
-        self._golden_logits = None if device.type == "cpu" else predict(model, batches)
+        self._golden_logits = golden
         return self
 
-    def __call__(self, item: tuple[int, dict, int]):
+    def __call__(self, item: "tuple[int, dict, int] | list[tuple[int, dict, int]]"):
+        """One trial's row for an item ``(point index, point values, repetition)``; the list of
+        rows for a list of items of one point (stacked per forward where the context allows)."""
+        if isinstance(item, list):
+            return execute_trials(self.context, item, golden_logits=self._golden_logits)
         return execute_trial(self.context, item, golden_logits=self._golden_logits)
 
     def __getstate__(self) -> dict:

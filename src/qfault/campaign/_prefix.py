@@ -69,6 +69,8 @@ class PrefixCache:
         self.names = sorted(set(names))
         self.outputs: dict[str, list] = {name: [] for name in self.names}
         self.batch = 0
+        #: stacked trials: a replayed output is repeated this many times along the batch
+        self.repeat = 1
 
     def record(self) -> list:
         """Hooks that append each chosen module's output; returns their handles."""
@@ -89,9 +91,41 @@ class PrefixCache:
                 if "forward" in module.__dict__:  # already patched by someone else: recompute it
                     continue
                 recorded = self.outputs[name]
-                module.forward = lambda *args, _rec=recorded, **kwargs: _rec[self.batch]
+                module.forward = lambda *args, _rec=recorded, **kwargs: self._output(_rec[self.batch])
                 patched.append(module)
             yield
         finally:
             for module in patched:
                 module.__dict__.pop("forward", None)
+
+    def _output(self, out):
+        return out if self.repeat == 1 else repeat_batch(out, self.repeat)
+
+    def repeatable(self, names: Iterable[str]) -> bool:
+        """Whether every recorded output of ``names`` can be repeated along its batch."""
+        return all(can_repeat_batch(out) for name in names for out in self.outputs[name])
+
+
+def can_repeat_batch(x) -> bool:
+    """A tensor with a batch dimension, or a QuantTensor whose scale and zero point do not vary
+    over the batch."""
+    if isinstance(x, torch.Tensor):
+        return x.dim() >= 1
+    value = getattr(x, "value", None)
+    if not isinstance(value, torch.Tensor) or value.dim() < 1:
+        return False
+    for attr in ("scale", "zero_point"):
+        param = getattr(x, attr, None)
+        if isinstance(param, torch.Tensor) and param.dim() >= value.dim() and param.shape[0] != 1:
+            return False
+    return True
+
+
+def repeat_batch(x, times: int):
+    """``times`` copies of ``x`` along dim 0 (tensors and QuantTensors, see ``can_repeat_batch``)."""
+    if isinstance(x, torch.Tensor):
+        return x.repeat(times, *([1] * (x.dim() - 1)))
+    from ..inject._api import _replace_value
+
+    value = x.value
+    return _replace_value(x, value.repeat(times, *([1] * (value.dim() - 1))))

@@ -170,15 +170,78 @@ def summarize(spec: CampaignSpec, store: CampaignStore) -> CampaignResult:
 # running
 
 
-def _repetitions(spec: CampaignSpec) -> int | None:
-    """Trials per point for the fixed and Leveugle rules; None for the adaptive CI rule."""
+def _repetitions(spec: CampaignSpec, population: int | None = None) -> int | None:
+    """Trials per point for the fixed and Leveugle rules; None for the adaptive CI rule.
+    ``population`` is the point's fault population when the Leveugle rule says ``auto``."""
     stop = spec.stop
     if stop.rule == "fixed":
         return spec.repetitions
     if stop.rule == "leveugle":
-        population = float("inf") if stop.population == "inf" else stop.population
-        return leveugle_sample_size(population, stop.margin, stop.confidence, stop.p)
+        if stop.population == "auto":
+            if population is None:
+                return None
+            size = population
+        else:
+            size = float("inf") if stop.population == "inf" else stop.population
+        return leveugle_sample_size(size, stop.margin, stop.confidence, stop.p)
     return None
+
+
+def _format_bits(fmt, module: nn.Module, site: str, tensor) -> int:
+    """Bits per value at a site: the spec's format, else the Brevitas tensor's own width."""
+    if fmt is not None:
+        return int(fmt.bits)
+    width = getattr(tensor, "bit_width", None)
+    if width is None:  # a float output of a Brevitas layer: its quantizer's width
+        proxy = getattr(module, "weight_quant" if site in ("weight", "bias") else "act_quant", None)
+        width = proxy.bit_width() if proxy is not None and hasattr(proxy, "bit_width") else None
+    if width is None:
+        raise QFaultConfigError("stop.population", "auto", "an explicit population for faults on "
+                                f"{type(module).__name__} without a format (its width is unknown)")
+    return int(round(float(width)))
+
+
+@torch.no_grad()
+def fault_population(model: nn.Module, spec: CampaignSpec, point: dict, sample: torch.Tensor) -> int:
+    """The number of bits the faults of one sweep point can hit: the population of single-bit
+    faults of Leveugle et al. (DATE 2009) that ``stop.population: auto`` uses.
+
+    Weights and biases: elements x bits of every selected parameter. Activations (outputs,
+    inputs): elements x bits per image, measured on one forward of ``sample`` (a batch; only
+    its first image is used). Summed over the point's fault specs.
+    """
+    total = 0
+    for data in point_faults(spec.faults, point):
+        inject_spec = InjectSpec.from_dict(data)
+        site = inject_spec.site.value
+        selected = select_modules(model, inject_spec)
+        if site in ("weight", "bias"):
+            for _, module in selected:
+                param = module._parameters[site]
+                tensor = None
+                if inject_spec.format is None and site == "weight" and hasattr(module, "quant_weight"):
+                    tensor = module.quant_weight()
+                total += param.numel() * _format_bits(inject_spec.format, module, site, tensor)
+            continue
+        seen: list = []
+        hooks = []
+        for _, module in selected:
+            if site == "output":
+                hooks.append(module.register_forward_hook(
+                    lambda m, args, out: seen.append((m, out))))
+            else:
+                hooks.append(module.register_forward_pre_hook(
+                    lambda m, args: seen.append((m, args[0] if args else None))))
+        try:
+            model(sample[:1])
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for module, tensor in seen:
+            value = getattr(tensor, "value", tensor)
+            if isinstance(value, torch.Tensor):
+                total += value.numel() * _format_bits(inject_spec.format, module, site, tensor)
+    return max(1, total)
 
 
 def _prepare_prefix(spec: CampaignSpec, model: nn.Module, batches: list, points: list[dict]):
@@ -250,35 +313,49 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
             num_layers = len(select_modules(model, InjectSpec.from_dict(first)))
         points = spec.points(num_layers)
         prefix, prefix_names = _prepare_prefix(spec, model, batches, points)
-        fixed = _repetitions(spec)
+        if spec.stop.rule == "leveugle" and spec.stop.population == "auto":
+            sample = batches[0][0] if batches else None
+            per_point = [_repetitions(spec, fault_population(model, spec, point, sample)) for point in points]
+        else:
+            per_point = [_repetitions(spec)] * len(points)
+        fixed = max(per_point) if per_point[0] is not None else None
         done = store.done()
-        planned = len(points) * (fixed if fixed is not None else spec.stop.max_repetitions)
+        planned = sum(n if n is not None else spec.stop.max_repetitions for n in per_point)
 
-        from ._executors import TrialContext, TrialFunction
+        from ._executors import TrialContext, TrialFunction, stackable, stacking_is_exact
 
+        stack = min(spec.trials_per_forward(), fixed if fixed is not None else spec.stop.max_repetitions)
+        if stack > 1 and not (stackable(spec, points) and stacking_is_exact(model, batches, golden["logits"], stack)):
+            stack = 1
         # one picklable trial function for every executor (a Ray worker gets it once)
-        run_trial = TrialFunction(TrialContext(spec, model, batches, golden, prefix, prefix_names))
+        run_trial = TrialFunction(TrialContext(spec, model, batches, golden, prefix, prefix_names, stack))
 
         bar = _Progress(progress, total=planned, completed=len(done))
         try:
             for index, point in enumerate(points):
                 if fixed is not None:
-                    todo = [(index, point, r) for r in range(fixed) if (index, r) not in done]
-                    for row in executor.map(run_trial, todo):
-                        store.add_trial(row)
-                        bar.advance()
+                    todo = [(index, point, r) for r in range(per_point[index]) if (index, r) not in done]
+                    chunks = [todo[i:i + stack] for i in range(0, len(todo), stack)]
+                    for rows in executor.map(run_trial, chunks):
+                        for row in rows:
+                            store.add_trial(row)
+                            bar.advance()
                     continue
-                # adaptive: repeat until the CI of the accuracy is narrow enough
+                # adaptive: repeat until the CI of the accuracy is narrow enough; trials run `stack`
+                # at a time, and the rule decides before each row is kept, as if they ran one by one
                 stop = spec.stop
                 accs = [r.accuracy for r in store.trials() if r.point == index]
                 repetition = len(accs)
+                pending: list = []
                 while repetition < stop.max_repetitions:
                     if repetition >= stop.min_repetitions and mean_ci(accs, stop.confidence)[1] <= stop.half_width:
                         break
-                    if (index, repetition) not in done:
-                        row = next(iter(executor.map(run_trial, [(index, point, repetition)])))
-                        store.add_trial(row)
-                        accs.append(row.accuracy)
+                    if not pending:
+                        upcoming = range(repetition, min(repetition + stack, stop.max_repetitions))
+                        pending = next(iter(executor.map(run_trial, [[(index, point, r) for r in upcoming]])))
+                    row = pending.pop(0)
+                    store.add_trial(row)
+                    accs.append(row.accuracy)
                     repetition += 1
                     bar.advance()
         finally:
@@ -308,6 +385,6 @@ class _Progress:
 def campaign_status(spec: CampaignSpec) -> dict:
     """Completed trials and the spec fingerprint of an existing store."""
     with CampaignStore(spec.store_path(), spec, create=False) as store:
-        fixed = _repetitions(spec)
+        fixed = _repetitions(spec)  # None: decided per point (ci rule, or population auto)
         return {"store": str(store.path), "fingerprint": spec.fingerprint(), "completed": store.count(),
                 "per_point": fixed, "golden": store.golden() is not None}

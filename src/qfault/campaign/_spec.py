@@ -22,7 +22,9 @@ SPEC_VERSION = 1
 STOP_RULES = ("fixed", "leveugle", "ci")
 MODEL_SOURCES = ("demo", "checkpoint", "factory")
 #: spec keys that do not change results (excluded from the fingerprint)
-NON_SEMANTIC = ("name", "store", "progress", "reuse_prefix")
+NON_SEMANTIC = ("name", "store", "progress", "reuse_prefix", "stack_trials")
+#: ``stack_trials: auto`` stacks trials until a forward holds about this many images
+STACK_IMAGES = 1024
 
 
 def _unknown(section: str, data: dict, allowed: tuple[str, ...]) -> None:
@@ -64,7 +66,9 @@ class StopRule:
     """How many repetitions each sweep point gets.
 
     ``fixed``: ``repetitions``. ``leveugle``: the statistical sample size for fault population
-    ``population`` (an int, or ``"inf"``), error ``margin`` (fraction), ``confidence`` and ``p``.
+    ``population`` (an int, ``"inf"``, or ``"auto"``: per sweep point, the number of bits its
+    faults can hit, see :func:`~qfault.campaign.fault_population`), error ``margin``
+    (fraction), ``confidence`` and ``p``.
     ``ci``: repeat until the ``confidence`` interval half-width of the accuracy (percentage
     points) is at most ``half_width``, between ``min_repetitions`` and ``max_repetitions``.
     """
@@ -83,7 +87,7 @@ class StopRule:
         check_range("stop.margin", self.margin, 1e-9, 0.999999)
         check_range("stop.confidence", self.confidence, 1e-9, 0.999999)
         check_range("stop.p", self.p, 1e-9, 0.999999)
-        if self.population != "inf":
+        if self.population not in ("inf", "auto"):
             check_range("stop.population", self.population, 1, 2**62, integer=True)
         check_range("stop.half_width", self.half_width, 1e-9, 100.0)
         check_range("stop.min_repetitions", self.min_repetitions, 2, 10**7, integer=True)
@@ -114,6 +118,10 @@ class CampaignSpec:
         mitigation: stuck-at cells under the stored weight codes of ``SeedQuantLinear`` layers
             with write-side mitigation (seed 000): ``{rate: percent, method: raw|cvm|sign_flip|
             bit_flip, tile: 64}``; sweep it with paths ``mitigation.rate``, ``mitigation.method``.
+        stack_trials: trials evaluated together in one forward (their batches stacked) when every
+            fault acts on activations of fixed layers: an integer >= 1 (1: off) or ``"auto"``
+            (about ``STACK_IMAGES`` images per forward). Used only when a fault-free stacked
+            forward is bit-identical to the plain one, so results do not depend on it.
     """
 
     name: str = "campaign"
@@ -131,6 +139,7 @@ class CampaignSpec:
     store: str | None = None
     reuse_prefix: bool = True
     mitigation: dict | None = None
+    stack_trials: int | str = "auto"
 
     def __post_init__(self) -> None:
         from ..inject import InjectSpec
@@ -152,6 +161,8 @@ class CampaignSpec:
         check_range("atol", self.atol, 0.0, 1e30)
         if not isinstance(self.reuse_prefix, bool):
             raise QFaultConfigError("reuse_prefix", self.reuse_prefix, "true or false")
+        if self.stack_trials != "auto":
+            check_range("stack_trials", self.stack_trials, 1, 10**6, integer=True)
         faults = self.faults if isinstance(self.faults, (list, tuple)) else [self.faults]
         if self.mitigation is not None:
             if not isinstance(self.mitigation, dict):
@@ -203,6 +214,12 @@ class CampaignSpec:
         out["sdc_thresholds"] = list(self.sdc_thresholds)
         out["version"] = SPEC_VERSION
         return json.loads(json.dumps(out, default=str))
+
+    def trials_per_forward(self) -> int:
+        """``stack_trials`` resolved to a number (``auto``: about ``STACK_IMAGES`` images per forward)."""
+        if self.stack_trials == "auto":
+            return max(1, STACK_IMAGES // self.batch_size)
+        return int(self.stack_trials)
 
     def fingerprint(self) -> str:
         """SHA-256 of the canonical JSON of every field that changes results."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 import random
 import re
@@ -32,12 +33,13 @@ _WEIGHT_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
 # selection
 
 
-def _class_names(module: nn.Module) -> set[str]:
-    return {cls.__name__ for cls in type(module).__mro__}
+@functools.lru_cache(maxsize=None)
+def _class_names(cls: type) -> frozenset[str]:
+    return frozenset(base.__name__ for base in cls.__mro__)
 
 
 def _matches_type(module: nn.Module, types: Iterable) -> bool:
-    names = _class_names(module)
+    names = _class_names(type(module))
     return any(isinstance(module, t) if isinstance(t, type) else t in names for t in types)
 
 
@@ -129,6 +131,7 @@ class _SiteRuntime:
         self.counter = 0
         self.permanent_draws: dict[tuple, FaultDraw] = {}
         self.weight_qparams: tuple | None = None
+        self.block_numel = 0  # elements per trial block of the last stacked draw
         #: registers this site's hooks and returns their handles (None for parameter sites)
         self.attach = None
 
@@ -146,34 +149,51 @@ class _SiteRuntime:
         return True
 
     # -- what --------------------------------------------------------------------------------
-    def _seed(self, kind: str, counter: int) -> int:
-        return derive_seed(self.handle.seeds[self.spec_id], self.spec_id, self.name, self.spec.site.value, kind, counter)
+    def _seed(self, kind: str, counter: int, base: int | None = None) -> int:
+        base = self.handle.seeds[self.spec_id] if base is None else base
+        return derive_seed(base, self.spec_id, self.name, self.spec.site.value, kind, counter)
 
-    def _generator(self, kind: str, counter: int) -> torch.Generator:
-        seed = self.handle.seeds[self.spec_id]
-        return make_generator(seed, self.spec_id, self.name, self.spec.site.value, kind, counter)
+    def _generator(self, kind: str, counter: int, base: int | None = None) -> torch.Generator:
+        base = self.handle.seeds[self.spec_id] if base is None else base
+        return make_generator(base, self.spec_id, self.name, self.spec.site.value, kind, counter)
 
     def draw(self, shape: tuple[int, ...], fmt: NumberFormat, device: torch.device, batched: bool) -> FaultDraw:
         """Faults for a tensor of ``shape``; ``batched`` tensors have the batch in dim 0."""
+        if not self.spec.permanent:
+            self.counter += 1
+        stacked = self.handle.trial_seeds
+        if stacked is None or not batched or len(shape) < 2:
+            return self._draw(shape, fmt, device, batched)
+        # stacked trials: block k of the batch gets exactly the faults trial k alone would get
+        trials = len(stacked)
+        if shape[0] % trials:
+            raise RuntimeError(f"a stacked batch of {shape[0]} is not {trials} equal trial blocks")
+        block = (shape[0] // trials,) + tuple(shape[1:])
+        self.block_numel = math.prod(block)
+        draws = [self._draw(block, fmt, device, batched, seeds[self.spec_id], k).offset(k * self.block_numel)
+                 for k, seeds in enumerate(stacked)]
+        return FaultDraw.cat(draws)
+
+    def _draw(self, shape: tuple[int, ...], fmt: NumberFormat, device: torch.device, batched: bool,
+              base: int | None = None, trial: int = 0) -> FaultDraw:
         spec = self.spec
         if spec.permanent:
             domain = shape[1:] if batched and len(shape) > 1 else shape
-            key = (tuple(domain), fmt)
+            key = (tuple(domain), fmt, trial)
             draw = self.permanent_draws.get(key)
             if draw is None:
-                gen = self._generator("permanent", self.handle.generation)
+                gen = self._generator("permanent", self.handle.generation, base)
                 draw = draw_faults(spec.fault, domain, fmt, gen).to(device)
                 self.permanent_draws[key] = draw
             if domain != shape:
                 draw = _expand_over_batch(draw, shape[0], math.prod(domain))
             return draw
-        self.counter += 1
         if spec.per_image and batched and len(shape) > 1:
-            fast = _one_flip_per_image(spec.fault, shape, fmt, self._seed("transient", self.counter))
+            fast = _one_flip_per_image(spec.fault, shape, fmt, self._seed("transient", self.counter, base))
             if fast is not None:
                 return fast.to(device)
-            return _per_image_draw(spec.fault, shape, fmt, self._generator("transient", self.counter)).to(device)
-        return draw_faults(spec.fault, shape, fmt, self._generator("transient", self.counter)).to(device)
+            return _per_image_draw(spec.fault, shape, fmt, self._generator("transient", self.counter, base)).to(device)
+        return draw_faults(spec.fault, shape, fmt, self._generator("transient", self.counter, base)).to(device)
 
     def faulty_values(self, x: torch.Tensor, fmt: NumberFormat, scale, zero_point, axis, draw: FaultDraw,
                       finite: bool = False):
@@ -187,6 +207,9 @@ class _SiteRuntime:
         if self.spec.track_statistics:
             self._record(x, fmt, scale, zero_point, axis, old, new, values, faulty)
         self.handle._notify(self, draw, old, new)
+        if self.handle.trial_seeds is not None:
+            changed = draw.index[new != old] // self.block_numel
+            self.handle.trial_changed += torch.bincount(changed.cpu(), minlength=len(self.handle.trial_seeds))
         return values, faulty
 
     def _record(self, x, fmt, scale, zero_point, axis, old, new, values, faulty) -> None:
@@ -234,6 +257,13 @@ class _SiteRuntime:
                 zero = None if fmt.signed else zero.to(x.device)
                 self.weight_qparams = (scale.to(x.device), zero, axis)
             return self.weight_qparams
+        trials = len(self.handle.trial_seeds) if self.handle.trial_seeds is not None else 1
+        if trials > 1 and x.dim() > 1 and x.numel() and x.shape[0] % trials == 0:
+            # stacked trials: one scale per trial block, as each trial alone would calibrate it
+            scale, zero = calibrate(fmt, x.detach().reshape(trials, -1), 0)
+            per_image = x.shape[0] // trials
+            zero = None if fmt.signed else zero.to(x.device).repeat_interleave(per_image)
+            return scale.to(x.device).repeat_interleave(per_image), zero, 0
         if fmt.signed and x.numel():  # per-tensor symmetric scale as a Python number: 3 tensor ops
             low, high = torch.aminmax(x.detach().float())
             scale = float(torch.maximum(high, -low) / fmt.code_max)  # float32, as calibrate()
@@ -465,6 +495,9 @@ class InjectionHandle:
         self._run_hooks: dict[int, list] = {}      # spec id -> hooks of its random_per_run layer
         self._forward_hooks: list = []              # hooks of this forward's random layers
         self._restore: list = []                    # undo of this forward's parameter faults
+        #: stacked trials (see ``_stack_trials``): per trial, one seed per spec; None when off
+        self.trial_seeds: list[list[int]] | None = None
+        self.trial_changed = torch.zeros(0, dtype=torch.int64)
 
     # -- public ------------------------------------------------------------------------------
     def enable(self) -> "InjectionHandle":
@@ -531,6 +564,24 @@ class InjectionHandle:
         return f"InjectionHandle(sites={len(self.sites)}, enabled={self.enabled}, seeds={self.seeds})"
 
     # -- internals ---------------------------------------------------------------------------
+    def _stack_trials(self, seeds: Sequence[Sequence[int]]) -> None:
+        """Evaluate several trials in one forward: the batch holds ``len(seeds)`` equal blocks,
+        block ``k`` faulted exactly as a handle whose spec seeds are ``seeds[k]`` faults that block
+        alone. Only for activation sites (outputs/inputs) of ``layer_mode="all"`` specs; the
+        values changed per trial accumulate in ``trial_changed``."""
+        for site in self.sites:
+            if site.attach is None or site.spec.site not in (Site.OUTPUT, Site.INPUT) \
+                    or site.spec.layer_mode != "all":
+                raise ValueError(f"site {site.stats.name} cannot be stacked: only output/input sites "
+                                 "with layer_mode='all' can")
+        if any(len(row) != len(self.specs) for row in seeds):
+            raise ValueError(f"each trial needs one seed per spec ({len(self.specs)})")
+        self.trial_seeds = [list(row) for row in seeds]
+        self.trial_changed = torch.zeros(len(self.trial_seeds), dtype=torch.int64)
+        for site in self.sites:
+            site.counter = 0
+            site.permanent_draws.clear()
+
     def _notify(self, site: _SiteRuntime, draw: FaultDraw, old, new) -> None:
         for fn in self._listeners:
             fn(site.stats.name, draw, old, new)
@@ -672,10 +723,11 @@ def _fault_any(site: _SiteRuntime, module: nn.Module, x: Any) -> Any:
         return x
     fmt = site.spec.format
     if _is_quant_tensor(x):
-        own_fmt, scale, zero = _quant_params(x)
         if fmt is None:
-            fmt = own_fmt
-        elif not isinstance(fmt, IntFormat):
+            fmt, scale, zero = _site_quant_params(site, x)
+        elif isinstance(fmt, IntFormat):  # the tensor's own scale and zero point, the spec's codes
+            scale, zero = x.scale, x.zero_point
+        else:
             scale = zero = None
         return _replace_value(x, site.corrupt(x.value, fmt, scale, zero, None, batched=True))
     if isinstance(x, torch.Tensor) and x.is_floating_point():
@@ -688,13 +740,24 @@ def _fault_any(site: _SiteRuntime, module: nn.Module, x: Any) -> Any:
     return x
 
 
+def _site_quant_params(site: _SiteRuntime, qt: Any) -> tuple[IntFormat, torch.Tensor, torch.Tensor]:
+    """The QuantTensor's own format; one wider than 16 bits (an accumulator) needs the spec's."""
+    try:
+        return _quant_params(qt)
+    except QFaultConfigError:
+        raise QFaultConfigError(
+            "format", None, f"a number format for the {float(qt.bit_width):g}-bit QuantTensor at "
+            f"{site.stats.name} (own formats are used up to 16 bits)",
+            hint="give the spec a format, e.g. int8, or select other layers") from None
+
+
 def _quant_output_hook(site: _SiteRuntime, batched: bool):
     owner = site.module
 
     def hook(m, args, out):
         if not site.active(owner.training) or not _is_quant_tensor(out):
             return None
-        fmt, scale, zero = _quant_params(out)
+        fmt, scale, zero = _site_quant_params(site, out)
         return _replace_value(out, site.corrupt(out.value, fmt, scale, zero, None, batched=batched))
 
     return hook
