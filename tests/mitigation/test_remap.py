@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qfault._errors import QFaultConfigError
-from qfault.mitigation import BIT_FLIP_MAX_BITS, draw_stuck_map, remap
+from qfault.mitigation import cvm_codes, draw_stuck_map, remap
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,13 +169,113 @@ def test_cvm_helper_out_of_range_target_is_exact():
         assert torch.equal(got, torch.from_numpy(ref_cvm(target, mask, value, bits)).int())
 
 
-def test_bit_flip_10_bits_and_limit():
-    rng = np.random.default_rng(10)
-    w, mask, value = random_layer(rng, (2, 6), 10, p_stuck=0.2)
-    got = run(w, mask, value, 10, "bit_flip", tile=3)
-    assert torch.equal(got, torch.from_numpy(ref_bit_flip(w, mask, value, 10, 3)).int())
-    with pytest.raises(QFaultConfigError, match="bits"):
-        run(w, mask, value, BIT_FLIP_MAX_BITS + 1, "bit_flip")
+def ref_bit_flip_all_masks(w, mask, value, bits, tile):
+    """Brute force over all 2**bits masks per group, errors from the (16-bit exact) cvm_codes."""
+    w, mask, value = (torch.as_tensor(a, dtype=torch.int64) for a in (w, mask, value))
+    out = torch.empty_like(w, dtype=torch.int32)
+    m = torch.arange(1 << bits)
+    for r, cols in ref_groups(tuple(w.shape), tile):
+        ww, mm, vv = w[r, cols, None], mask[r, cols, None], value[r, cols, None]
+        read = cvm_codes(ww.expand(-1, m.numel()), mm, ((vv ^ m) & mm), bits)  # [elements, masks]
+        err = (read - ww).abs().sum(0)
+        best = int(torch.nonzero(err == err.min())[0])  # the first (smallest) mask
+        out[r, cols] = read[:, best]
+    return out
+
+
+@pytest.mark.parametrize("bits", [10, 11, 12])
+def test_bit_flip_wide_codes_match_brute_force(bits):
+    rng = np.random.default_rng(bits)
+    w, mask, value = random_layer(rng, (2, 6), bits, p_stuck=0.2)
+    got = run(w, mask, value, bits, "bit_flip", tile=3)
+    assert torch.equal(got, torch.from_numpy(ref_bit_flip(w, mask, value, bits, 3)).int())
+
+
+@pytest.mark.parametrize("p_stuck", [0.05, 0.3, 0.6, 1.0])
+@pytest.mark.parametrize("tile", [1, 4, 200])
+def test_bit_flip_16_bits_match_brute_force_over_all_masks(p_stuck, tile):
+    # tile 200 > in_features: one group per row; dense maps link every bit into one component
+    rng = np.random.default_rng(int(p_stuck * 100) + tile)
+    w, mask, value = random_layer(rng, (2, 9), 16, p_stuck=p_stuck)
+    got = run(w, mask, value, 16, "bit_flip", tile=tile)
+    assert torch.equal(got, ref_bit_flip_all_masks(w, mask, value, 16, tile))
+
+
+def test_bit_flip_16_bits_numpy_brute_force_tiny_layer():
+    # fully independent of cvm_codes: numpy CVM over all 65536 codes, for every mask of the group
+    bits, rng = 16, np.random.default_rng(160)
+    w = rng.integers(-(1 << 15), 1 << 15, size=(1, 3))
+    mask = np.array([[0b1000000000000011, 0b0000000100000010, 0b0110000000000000]])
+    value = rng.integers(0, 1 << 16, size=(1, 3))
+    # an element's error depends only on the inversion of its own stuck bits: tabulate those
+    errors = []
+    for e in range(3):
+        own = [s for s in range(1 << bits) if s & ~int(mask[0, e]) == 0]
+        reads = ref_cvm(np.full(len(own), w[0, e]), np.full(len(own), mask[0, e]), value[0, e] ^ np.array(own), bits)
+        errors.append(dict(zip(own, np.abs(reads - w[0, e]))))
+    m = np.arange(1 << bits)
+    total = sum(np.vectorize(errors[e].__getitem__)(m & int(mask[0, e])) for e in range(3))
+    best = int(np.argmin(total))  # numpy's argmin: the first minimum
+    expect = ref_cvm(w[0], mask[0], value[0] ^ best, bits)
+    assert run(w, mask, value, bits, "bit_flip", tile=3).tolist() == [expect.tolist()]
+
+
+def test_bit_flip_16_bits_component_shapes():
+    bits, rng = 16, np.random.default_rng(161)
+    half = 1 << 15
+    shape = (6, 16)
+    w = rng.integers(-half, half, size=shape)
+    value = rng.integers(0, 1 << 16, size=shape)
+    mask = np.zeros(shape, dtype=np.int64)
+    mask[0] = 1 << rng.integers(0, 16, size=16)  # only single-bit faults: separable per bit
+    mask[1] = [(3 << (2 * (i % 8))) for i in range(16)]  # eight 2-bit components
+    mask[2] = [(1 << i) | (1 << ((i + 1) % 16)) for i in range(16)]  # a ring: all bits connected
+    mask[3] = 0xFFFF  # every bit stuck in every element
+    mask[4, ::3] = rng.integers(1, 1 << 16, size=6)  # many stuck bits, sparse elements
+    w[5] = 0  # ties: all-zero codes, stuck bits that can be undone by the smallest mask
+    mask[5] = 1 << rng.integers(0, 16, size=16)
+    value[5] = 0xFFFF
+    for tile in (1, 5, 16):
+        got = run(w, mask, value, bits, "bit_flip", tile=tile)
+        assert torch.equal(got, ref_bit_flip_all_masks(w, mask, value, bits, tile)), tile
+    assert run(w, mask, value, bits, "bit_flip", tile=16)[5].abs().sum() == 0  # inverted back
+
+
+def test_bit_flip_ties_take_the_smallest_mask():
+    # w = 0 with one bit stuck at 1: inverting that bit reads 0 exactly; every other mask bit
+    # is free (no element has it stuck) and must stay 0: the read equals the smallest choice
+    w = torch.zeros(1, 4, dtype=torch.int64)
+    mask = torch.tensor([[0b100, 0, 0b100, 0]])
+    value = torch.tensor([[0b100, 0, 0b100, 0]])
+    for bits in (8, 16):
+        assert remap(w, mask, value, bits=bits, method="bit_flip").tolist() == [[0, 0, 0, 0]]
+    # two stuck elements pulling in opposite directions with equal error: mask 0 wins the tie
+    w = torch.tensor([[1, 0]])
+    mask = torch.tensor([[1, 1]])
+    value = torch.tensor([[0, 1]])  # m=0 reads (0, 1): error 2; m=1 reads (1, 0): error 0
+    assert remap(w, mask, value, bits=12, method="bit_flip").tolist() == [[1, 0]]
+    w = torch.tensor([[1, 1]])  # m=0 reads (0, 1), m=1 reads (1, 0): error 1 each -> m = 0
+    assert remap(w, mask, value, bits=12, method="bit_flip").tolist() == [[0, 1]]
+
+
+def test_bit_flip_bits_range():
+    w = torch.zeros(2, 3, dtype=torch.int32)
+    for bits in (1, 17):
+        with pytest.raises(QFaultConfigError, match="bits") as info:
+            remap(w, w, w, bits=bits, method="bit_flip")
+        assert info.value.field == "bits"
+
+
+def test_bit_flip_chunked_matches_unchunked(monkeypatch):
+    # force many small chunks of elements and components; the result must not depend on them
+    import qfault.mitigation._remap as impl
+    rng = np.random.default_rng(7)
+    for bits, p_stuck in ((8, 0.1), (16, 0.3)):
+        w, mask, value = random_layer(rng, (4, 40), bits, p_stuck=p_stuck)
+        whole = run(w, mask, value, bits, "bit_flip", tile=16)
+        monkeypatch.setattr(impl, "_CHUNK_ENTRIES", 1 << 6)
+        assert torch.equal(run(w, mask, value, bits, "bit_flip", tile=16), whole)
+        monkeypatch.undo()
 
 
 def test_seed_aliases_and_empty():
@@ -188,28 +288,6 @@ def test_seed_aliases_and_empty():
     for method in ("cvm", "sign_flip", "bit_flip"):
         out = remap(e, e, e, method=method)
         assert out.shape == (0, 5) and out.dtype == torch.int32
-
-
-def test_bit_flip_many_masks_chunked(monkeypatch):
-    # force several mask chunks; the result must not depend on the chunking
-    import qfault.mitigation._remap as impl
-    rng = np.random.default_rng(7)
-    w, mask, value = random_layer(rng, (8, 100), 8, p_stuck=0.1)
-    whole = run(w, mask, value, 8, "bit_flip", tile=16)
-    monkeypatch.setattr(impl, "_CHUNK_ELEMENTS", 1000)
-    assert torch.equal(run(w, mask, value, 8, "bit_flip", tile=16), whole)
-
-
-@pytest.mark.parametrize("bits", [3, 5, 8])
-def test_bit_flip_lookup_table_path_matches_brute_force(bits, monkeypatch):
-    # large layers look errors up in a table; force that path on a small one
-    import qfault.mitigation._remap as impl
-    monkeypatch.setattr(impl, "LUT_MIN_WORK", 0)
-    rng = np.random.default_rng(bits + 50)
-    w, mask, value = random_layer(rng, (3, 11), bits, p_stuck=0.3)
-    w[0, 0] = -(1 << (bits - 1))
-    got = run(w, mask, value, bits, "bit_flip", tile=4)
-    assert torch.equal(got, torch.from_numpy(ref_bit_flip(w, mask, value, bits, 4)).int())
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,7 +382,7 @@ def test_cvm_consistent_and_minimal(layer):
 
 
 @PROPS
-@given(layers())
+@given(layers(max_bits=16))
 def test_flips_never_worse_than_cvm_per_group(layer):
     w, mask, value, bits, tile = layer
     e_cvm = group_errors(remap(w, mask, value, bits=bits), w, tile)
@@ -318,9 +396,6 @@ def test_flips_never_worse_than_cvm_per_group(layer):
 @given(layers(max_bits=16), st.sampled_from(["cvm", "sign_flip", "bit_flip"]))
 def test_no_stuck_bits_reads_back_exactly(layer, method):
     w, _, value, bits, tile = layer
-    if method == "bit_flip":
-        bits = min(bits, BIT_FLIP_MAX_BITS)
-        w = w.clamp(-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
     read = remap(w, torch.zeros_like(w), value, bits=bits, method=method, tile=tile)
     assert torch.equal(read, w.int())
 
@@ -334,6 +409,14 @@ def test_all_bits_stuck_reads_the_stuck_code(layer):
     half = 1 << (bits - 1)
     expect = ((value & full) ^ half) - half
     assert torch.equal(read, expect.int())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layers(max_bits=16))
+def test_bit_flip_matches_brute_force_over_all_masks(layer):
+    w, mask, value, bits, tile = layer
+    got = remap(w, mask, value, bits=bits, method="bit_flip", tile=tile)
+    assert torch.equal(got, ref_bit_flip_all_masks(w, mask & ((1 << bits) - 1), value, bits, tile))
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,11 +8,10 @@ from ._linear import (
     seed_quantize_weight,
     swap_linear,
 )
-from ._remap import BIT_FLIP_MAX_BITS, METHODS, cvm_codes, draw_stuck_map, remap
+from ._remap import METHODS, cvm_codes, draw_stuck_map, remap
 from ._stuck import STUCK_METHODS, StuckAtHandle, StuckAtSpec, apply_stuck_at, stuck_layers
 
 __all__ = [
-    "BIT_FLIP_MAX_BITS",
     "METHODS",
     "SeedQuantLinear",
     "cvm_codes",
