@@ -931,3 +931,67 @@ def test_ieee_formats_flip_non_finite_values_like_any_other():
     assert torch.isnan(out[0])  # inf with a mantissa bit set is a NaN
     assert int(rec.new[1]) == int(rec.old[1]) ^ (1 << 31)  # the NaN's sign bit flipped
     assert out[2] == 1.0
+
+
+# -- the numpy path for a few values equals the tensor codec ------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from qfault.faults import FaultDraw, fault_values  # noqa: E402
+from qfault.faults._apply import SMALL_DRAW, _small_path  # noqa: E402
+
+
+@st.composite
+def small_cases(draw):
+    bits = draw(st.integers(1, 16))
+    signed = draw(st.booleans())
+    fmt = IntFormat(bits, signed=signed, rounding=draw(st.sampled_from(["half_even", "half_up"])),
+                    range=draw(st.sampled_from(["full", "narrow"])) if signed and bits > 1 else "full")
+    k = draw(st.integers(1, SMALL_DRAW))
+    scale = draw(st.floats(0.0001220703125, 16.0, width=32))
+    # values near code boundaries and halves, plus arbitrary ones, inside and outside the range
+    codes = draw(st.lists(st.integers(-(1 << 16), 1 << 16), min_size=k, max_size=k))
+    fractions = draw(st.lists(st.sampled_from([0.0, 0.5, -0.5, 0.49999997, 0.25]) | st.floats(-1, 1, width=32),
+                              min_size=k, max_size=k))
+    values = torch.tensor([(c + f) * scale for c, f in zip(codes, fractions)], dtype=torch.float32)
+    masks = torch.tensor(draw(st.lists(st.integers(0, (1 << bits) - 1), min_size=k, max_size=k)), dtype=torch.int64)
+    kind = draw(st.sampled_from(["float", "tensor", "none"]))
+    scale_arg = {"float": float(np.float32(scale)), "tensor": torch.tensor(scale, dtype=torch.float32),
+                 "none": None}[kind]
+    zero = draw(st.sampled_from([None, 0, 3, torch.tensor(2, dtype=torch.int32)])) if not signed else None
+    return fmt, values, masks, scale_arg, zero
+
+
+@settings(max_examples=300, deadline=None)
+@given(small_cases())
+def test_small_numpy_path_equals_the_tensor_codec(case):
+    fmt, values, masks, scale, zero = case
+    draw = FaultDraw(torch.arange(len(values)), "xor", masks, None, None)
+    assert _small_path(fmt, values, draw, scale, zero)
+    fast = fault_values(fmt, values, draw, scale, zero, finite=True)
+    slow = fault_values(fmt, values, draw, scale, zero, finite=False)  # the tensor codec
+    for a, b in zip(fast, slow):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_small_path_only_where_it_is_exact():
+    values = torch.ones(3)
+    xor = FaultDraw(torch.arange(3), "xor", torch.ones(3, dtype=torch.int64), None, None)
+    stuck = FaultDraw(torch.arange(3), "stuck", torch.ones(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64), None)
+    assert _small_path(IntFormat(8), values, xor, 0.5, None)
+    assert not _small_path(IntFormat(8), values, stuck, 0.5, None)
+    assert not _small_path(FloatFormat("float16"), values, xor, None, None)
+    assert not _small_path(IntFormat(8), values.double(), xor, 0.5, None)
+    assert not _small_path(IntFormat(8), values, xor, torch.ones(3), None)  # per-element scale
+
+
+@pytest.mark.parametrize("rounding", ["half_even", "half_up"])
+def test_small_numpy_path_at_exact_halves(rounding):
+    fmt = IntFormat(8, rounding=rounding)
+    for start in range(-300, 300, SMALL_DRAW):
+        values = torch.arange(start, start + SMALL_DRAW, dtype=torch.float32) / 2 * 0.25  # k/2 codes exactly
+        draw = FaultDraw(torch.arange(SMALL_DRAW), "xor", torch.arange(SMALL_DRAW) % 256, None, None)
+        fast = fault_values(fmt, values, draw, 0.25, None, finite=True)
+        slow = fault_values(fmt, values, draw, 0.25, None, finite=False)
+        assert all(torch.equal(a, b) for a, b in zip(fast, slow))

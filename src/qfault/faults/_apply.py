@@ -39,6 +39,8 @@ class FaultDraw:
     bit_sites: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "FaultDraw":
+        if self.index.device == (device if isinstance(device, torch.device) else torch.device(device)):
+            return self
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return FaultDraw(move(self.index), self.op, move(self.mask), move(self.value), move(self.bit_sites))
 
@@ -334,6 +336,8 @@ def fault_values(fmt: NumberFormat, values: torch.Tensor, draw: FaultDraw, scale
     fixed-point formats NaN/inf have no code and stay as they are (``finite=True`` skips that check
     when the caller knows); IEEE formats flip their bits like any other.
     """
+    if finite and len(values) <= SMALL_DRAW and _small_path(fmt, values, draw, scale, zero_point):
+        return _small_fault_values(fmt, values, draw, scale, zero_point)
     if isinstance(fmt, FloatFormat):
         old = fmt.encode(values)
         new = apply_to_codes(fmt, old, draw)
@@ -345,6 +349,48 @@ def fault_values(fmt: NumberFormat, values: torch.Tensor, draw: FaultDraw, scale
             new = torch.where(torch.isfinite(values), new, old)
         faulty = fmt.decode(new, scale, zero_point, dtype=values.dtype)
     return old, new, torch.where(new != old, faulty, values)
+
+
+#: at most this many finite values on the CPU take the numpy path of :func:`fault_values`
+SMALL_DRAW = 64
+
+
+def _scalar(param) -> float | int | None:
+    """A per-tensor parameter as a Python number (None: not per tensor)."""
+    if param is None or isinstance(param, (int, float)):
+        return param
+    if isinstance(param, torch.Tensor) and param.numel() == 1 and param.device.type == "cpu":
+        return param.item()
+    return None
+
+
+def _small_path(fmt, values: torch.Tensor, draw: FaultDraw, scale, zero_point) -> bool:
+    return (isinstance(fmt, IntFormat) and draw.op == XOR and values.dtype == torch.float32
+            and values.device.type == "cpu" and not values.requires_grad
+            and (scale is None or _scalar(scale) is not None)
+            and (zero_point is None or _scalar(zero_point) is not None))
+
+
+def _small_fault_values(fmt: IntFormat, values: torch.Tensor, draw: FaultDraw, scale, zero_point):
+    """:func:`fault_values` of a few finite float32 values on the CPU under XOR faults with a
+    per-tensor scale: the same IEEE float32 operations in numpy, whose dispatch costs a fraction
+    of torch's on tiny arrays (this is the hot path of one bit flip per image at batch 1)."""
+    v = values.numpy()
+    scale, zero = _scalar(scale), _scalar(zero_point)
+    q = v if scale is None else v / np.float32(scale)
+    q = np.floor(q + np.float32(0.5)) if fmt.rounding == "half_up" else np.rint(q)
+    if zero:
+        q = q + np.float32(zero)
+    old = np.clip(q, fmt.code_min, fmt.code_max).astype(np.int32)
+    patterns = (old & fmt.bit_mask) ^ draw.mask.numpy().astype(np.int32)
+    new = patterns if not fmt.signed else (patterns ^ (1 << (fmt.bits - 1))) - (1 << (fmt.bits - 1))
+    faulty = new.astype(np.float32)
+    if zero:
+        faulty = faulty - np.float32(zero)
+    if scale is not None:
+        faulty = faulty * np.float32(scale)
+    faulty = np.where(new != old, faulty, v)
+    return torch.from_numpy(old), torch.from_numpy(new), torch.from_numpy(faulty)
 
 
 def _param_at(param, x: torch.Tensor, axis: int | None, index: torch.Tensor):
