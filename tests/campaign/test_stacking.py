@@ -153,3 +153,29 @@ def test_stacking_is_off_where_it_would_change_results(tmp_path):
 def test_stack_trials_is_validated(tmp_path, value):
     with pytest.raises(QFaultConfigError, match="stack_trials"):
         CampaignSpec.from_dict(spec_dict(tmp_path, stack_trials=value))
+
+
+def test_adaptive_rule_runs_ahead_on_parallel_executors(tmp_path):
+    from qfault.campaign import LocalExecutor
+
+    class Wide(LocalExecutor):
+        parallelism = 3
+
+        def __init__(self):
+            self.calls: list[int] = []
+
+        def map(self, fn, items):
+            items = list(items)
+            self.calls.append(len(items))
+            return super().map(fn, items)
+
+    stop = {"rule": "ci", "half_width": 1.0, "min_repetitions": 3, "max_repetitions": 9}
+    common = dict(sweep={"fault.ber": [0.0, 0.02]}, stop=stop, limit=64, stack_trials=1)
+    one = CampaignSpec.from_dict(spec_dict(tmp_path, **common, store=str(tmp_path / "one.db")))
+    wide = CampaignSpec.from_dict(spec_dict(tmp_path, **common, store=str(tmp_path / "wide.db")))
+    run_campaign(one, **QUIET)
+    executor = Wide()
+    run_campaign(wide, executor=executor, **QUIET)
+    assert rows(one.store_path()) == rows(wide.store_path())
+    assert executor.calls[0] == 3  # three single-trial stacks at once
+    assert len(rows(one.store_path())) >= 3 + 3

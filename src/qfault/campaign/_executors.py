@@ -368,6 +368,12 @@ class RayExecutor:
         self._actors = actors
         return self
 
+    @property
+    def parallelism(self) -> int:
+        """Trials (or stacks of trials) that run at once: one per actor (starts them)."""
+        self.start()
+        return len(self._actors)
+
     def devices(self) -> list[str]:
         """The device of every actor (starts them)."""
         self.start()

@@ -88,7 +88,8 @@ def predict(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor
 
 
 class Executor(Protocol):
-    """Runs trial functions; results come back as an iterator in any order."""
+    """Runs trial functions; results come back as an iterator in any order. An optional
+    ``parallelism`` attribute (default 1) says how many items it runs at once."""
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterable[Any]: ...
 
@@ -330,6 +331,7 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
         # one picklable trial function for every executor (a Ray worker gets it once)
         run_trial = TrialFunction(TrialContext(spec, model, batches, golden, prefix, prefix_names, stack))
 
+        workers = max(1, int(getattr(executor, "parallelism", 1)))  # stacks the ci rule runs ahead
         bar = _Progress(progress, total=planned, completed=len(done))
         try:
             for index, point in enumerate(points):
@@ -341,8 +343,9 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
                             store.add_trial(row)
                             bar.advance()
                     continue
-                # adaptive: repeat until the CI of the accuracy is narrow enough; trials run `stack`
-                # at a time, and the rule decides before each row is kept, as if they ran one by one
+                # adaptive: repeat until the CI of the accuracy is narrow enough. Trials run ahead,
+                # `stack` per forward and one stack per worker, but the rule decides before each row
+                # is kept, in repetition order, as if they ran one by one (extra rows are dropped)
                 stop = spec.stop
                 accs = [r.accuracy for r in store.trials() if r.point == index]
                 repetition = len(accs)
@@ -351,8 +354,11 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
                     if repetition >= stop.min_repetitions and mean_ci(accs, stop.confidence)[1] <= stop.half_width:
                         break
                     if not pending:
-                        upcoming = range(repetition, min(repetition + stack, stop.max_repetitions))
-                        pending = next(iter(executor.map(run_trial, [[(index, point, r) for r in upcoming]])))
+                        ahead = min(stack * workers, stop.max_repetitions - repetition)
+                        upcoming = [(index, point, r) for r in range(repetition, repetition + ahead)]
+                        chunks = [upcoming[i:i + stack] for i in range(0, ahead, stack)]
+                        rows = [row for done_rows in executor.map(run_trial, chunks) for row in done_rows]
+                        pending = sorted(rows, key=lambda r: r.repetition)
                     row = pending.pop(0)
                     store.add_trial(row)
                     accs.append(row.accuracy)

@@ -422,9 +422,12 @@ class _ParamGroup:
         fmt = self.spec.format
         draw = self._draw(tables)
         index = draw.index
-        owner = torch.searchsorted(tables["ends"], index, right=True)
+        # the draw's indices are sorted: a handful of searches splits them by parameter
+        bounds = torch.searchsorted(index, tables["ends"])
+        per_param = torch.diff(bounds, prepend=bounds.new_zeros(1))
+        owner = torch.repeat_interleave(torch.arange(len(params), device=index.device), per_param)
         local = index - tables["starts"][owner]
-        counts = torch.bincount(owner, minlength=len(params)).tolist()
+        counts = per_param.tolist()
         local_parts = local.split(counts)
         clean = torch.cat([param.detach().reshape(-1).index_select(0, part) for param, part in zip(params, local_parts)])
         scale = zero = None
