@@ -350,3 +350,20 @@ def test_seed_000_campaign_on_a_vit_with_imagenet_style_files(tmp_path):
     assert [p.values["mitigation.method"] for p in result.points] == ["raw", "sign_flip"]
     assert result.float_accuracy is not None
     assert all(p.counts["images"] == 4 and p.counts["masked"] < 4 for p in result.points)
+
+
+def test_sweep_over_fault_models_and_bit_positions(tmp_path):
+    models = [{"type": "bit_flip", "count": 2, "bits": [7]}, {"type": "stuck_at", "rate": 2.0},
+              {"type": "random_value", "probability": 1.0}]
+    spec = CampaignSpec.from_dict(spec_dict(tmp_path, sweep={"fault": models}, repetitions=1, limit=64))
+    result = run_campaign(spec, progress=False, log=lambda *_: None)
+    assert [p.values["fault"]["type"] for p in result.points] == ["bit_flip", "stuck_at", "random_value"]
+    bits = CampaignSpec.from_dict(spec_dict(tmp_path, faults=[{"fault": {"type": "bit_flip", "count": 4, "bits": [0]},
+                                                               "site": "weight", "format": "int8"}],
+                                            sweep={"fault.bits": [[0], [7]]}, repetitions=2, limit=64,
+                                            store=str(tmp_path / "bits.db")))
+    low, high = run_campaign(bits, progress=False, log=lambda *_: None).points
+    assert low.values == {"fault.bits": [0]} and high.values == {"fault.bits": [7]}
+    assert low.counts["sdc1"] < high.counts["sdc1"]  # flipping the MSB changes more decisions
+    with pytest.raises(QFaultConfigError, match="bits"):
+        CampaignSpec.from_dict(spec_dict(tmp_path, sweep={"fault.bits": [[9]]}))

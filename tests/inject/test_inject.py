@@ -839,3 +839,11 @@ def test_empty_batch_passes_through_an_activation_site():
         assert model(torch.zeros(0, 4)).shape == (0, 4)
         out = model(torch.ones(2, 4))
     assert int((out != 1).sum()) == 1
+
+
+def test_bit_positions_outside_the_format_fail_when_the_spec_is_built():
+    with pytest.raises(QFaultConfigError, match=r"bits=9 is invalid: allowed positions 0\.\.7"):
+        InjectSpec(fault={"type": "bit_flip", "count": 1, "bits": [9]}, site="weight", format="int8")
+    with pytest.raises(QFaultConfigError, match="bits=-5"):
+        InjectSpec(fault={"type": "bit_flip", "count": 1, "bits": [-5]}, site="output", format="int4")
+    assert InjectSpec(fault={"type": "bit_flip", "count": 1, "bits": ["msb", -1, 0]}, format="int4").format.bits == 4

@@ -9,6 +9,7 @@ from typing import Any
 from .._config import to_dict
 from .._errors import QFaultConfigError, check_bool, check_choice, check_range
 from ..faults import FaultModel, get_fault
+from ..faults._apply import resolve_bits
 from ..formats import NumberFormat, get_format
 from ._grad import GRADIENT_MODES
 
@@ -99,6 +100,8 @@ class InjectSpec:
         set_("site", Site(getattr(self.site, "value", self.site)))
         if self.format is not None and not isinstance(self.format, NumberFormat):
             set_("format", get_format(self.format))
+        if self.format is not None and getattr(self.fault, "bits", None) is not None:
+            resolve_bits(self.fault.bits, self.format)  # positions the format holds, checked up front
         if self.scale is not None:
             check_range("scale", self.scale, 1e-38, 3e38)
         set_("types", _as_tuple("types", self.types, (str, type)))
