@@ -95,7 +95,7 @@ def stacked_calls(monkeypatch) -> list[int]:
     original = _executors.stacked_logits
 
     def spy(model, batches, trials, prefix=None):
-        calls.append(trials)
+        calls.append(trials if len(batches) > 1 else -trials)  # negative: a one-batch exactness check
         return original(model, batches, trials, prefix)
 
     monkeypatch.setattr(_executors, "stacked_logits", spy)
@@ -112,13 +112,28 @@ def test_campaign_rows_do_not_depend_on_stacking(tmp_path, stacked_calls):
     result = run_campaign(one, **QUIET)
     assert stacked_calls == []
     run_campaign(many, **QUIET)
-    assert 3 in stacked_calls and set(stacked_calls) <= {2, 3}  # chunks of 3 (and the exactness check)
+    assert set(stacked_calls) == {3, 2, -3, -2}  # chunks of 3 + 2, each size checked once
+    assert stacked_calls.count(-3) == stacked_calls.count(-2) == 2  # first and last batch
     stacked_calls.clear()
     run_campaign(auto, **QUIET)
-    assert 5 in stacked_calls  # auto: 32 trials per forward, capped by the 5 repetitions
+    assert set(stacked_calls) == {5, -5}  # auto: 32 trials per forward, capped by the 5 repetitions
     assert rows(one.store_path()) == rows(many.store_path()) == rows(auto.store_path())
     assert len(rows(one.store_path())) == 3 * 5
     assert any(p.counts["sdc1"] > 0 for p in result.points)
+
+
+def test_batch_size_dependent_kernels_turn_stacking_off(tmp_path, stacked_calls):
+    # a last batch of 5 images: the float Linear kernel gives other bits at 5 and 15 rows (checked)
+    common = dict(faults=ACT, sweep={}, repetitions=3, limit=101, batch_size=32)
+    one = CampaignSpec.from_dict(spec_dict(tmp_path, **common, stack_trials=1, store=str(tmp_path / "one.db")))
+    many = CampaignSpec.from_dict(spec_dict(tmp_path, **common, stack_trials=3, store=str(tmp_path / "many.db")))
+    run_campaign(one, **QUIET)
+    run_campaign(many, **QUIET)
+    model, batches = tiny_digits_mlp(), [(x, y) for x, y in zip(torch.randn(2, 5, 1, 8, 8), torch.zeros(2, 5))]
+    if stacking_is_exact(model, batches, torch.cat([model(x) for x, _ in batches]).detach(), 3):
+        pytest.skip("this CPU's Linear kernel is batch-size independent at 5 rows")
+    assert stacked_calls and all(calls < 0 for calls in stacked_calls)  # checked, never used
+    assert rows(one.store_path()) == rows(many.store_path())
 
 
 def test_adaptive_rule_keeps_the_rows_of_one_trial_at_a_time(tmp_path, stacked_calls):
