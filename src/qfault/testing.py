@@ -16,6 +16,18 @@ def tiny_digits_mlp(seed: int = 0, hidden: int = 32) -> nn.Module:
     return model.eval()
 
 
+def tiny_digits_brevitas(seed: int = 0, hidden: int = 32) -> nn.Module:
+    """A Brevitas-quantized MLP for 1x8x8 digits (8-bit weights and activations, weights fixed by
+    ``seed``, untrained, eval mode)."""
+    import brevitas.nn as qnn
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(qnn.QuantIdentity(return_quant_tensor=True), nn.Flatten(),
+                          qnn.QuantLinear(64, hidden, bias=True, return_quant_tensor=True),
+                          qnn.QuantReLU(return_quant_tensor=True), qnn.QuantLinear(hidden, 10, bias=True))
+    return model.eval()
+
+
 def tiny_digits_seed_quant(seed: int = 0, weight_bits: int = 8, act_bits: int = 8) -> nn.Module:
     """:func:`tiny_digits_mlp` with both Linear layers swapped for frozen seed-000
     ``SeedQuantLinear`` layers (for stuck-at mitigation campaigns)."""

@@ -367,3 +367,30 @@ def test_sweep_over_fault_models_and_bit_positions(tmp_path):
     assert low.counts["sdc1"] < high.counts["sdc1"]  # flipping the MSB changes more decisions
     with pytest.raises(QFaultConfigError, match="bits"):
         CampaignSpec.from_dict(spec_dict(tmp_path, sweep={"fault.bits": [[9]]}))
+
+
+@pytest.mark.parametrize("faults", [
+    [{"fault": {"type": "bit_flip", "count": 2}, "site": "weight"}],  # Brevitas weight codes
+    [{"fault": {"type": "bit_flip", "ber": 0.01}, "site": "weight", "format": "int8"}],  # float weights
+    [{"fault": {"type": "bit_flip", "count": 1}, "site": "output", "per_image": True}],  # activations
+], ids=["codes", "float", "act"])
+def test_replayed_weight_quantizers_give_identical_rows(tmp_path, faults):
+    pytest.importorskip("brevitas")
+    from qfault.campaign._runner import _prepare_prefix, load_batches
+    from qfault.testing import tiny_digits_brevitas
+
+    common = dict(model={"source": "factory", "factory": "qfault.testing:tiny_digits_brevitas"}, faults=faults,
+                  sweep={"indices": "each"}, repetitions=2, limit=64, stack_trials=1)
+    reuse = CampaignSpec.from_dict(spec_dict(tmp_path, **common, store=str(tmp_path / "reuse.db")))
+    plain = CampaignSpec.from_dict(spec_dict(tmp_path, **common, reuse_prefix=False, store=str(tmp_path / "plain.db")))
+    result = run_campaign(reuse, progress=False, log=lambda *_: None)
+    run_campaign(plain, progress=False, log=lambda *_: None)
+    assert rows(reuse.store_path()) == rows(plain.store_path())
+    assert any(p.counts["masked"] < p.counts["images"] for p in result.points)
+    model = tiny_digits_brevitas()
+    prefix, names = _prepare_prefix(reuse, model, load_batches(reuse), reuse.points(2))
+    replayed = [{name for name in names[i] if name in prefix.constants} for i in range(2)]
+    if "format" in faults[0]:  # a layer whose float weights are faulted must requantize them
+        assert replayed == [{"4.weight_quant"}, {"2.weight_quant"}]
+    else:
+        assert replayed == [{"2.weight_quant", "4.weight_quant"}] * 2

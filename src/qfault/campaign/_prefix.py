@@ -62,23 +62,33 @@ def reusable_prefix(order: dict[str, tuple[int, int, int]], faulted: Iterable[st
 
 
 class PrefixCache:
-    """Recorded outputs of chosen modules, per batch, and a context that replays them."""
+    """Recorded outputs of chosen modules, per batch, and a context that replays them.
 
-    def __init__(self, model: nn.Module, names: Iterable[str]):
+    ``constants`` are modules whose output does not depend on the batch (Brevitas weight
+    quantizers of weights that no trial changes): recorded once, replayed for every batch.
+    """
+
+    def __init__(self, model: nn.Module, names: Iterable[str], constants: Iterable[str] = ()):
         self.model = model
         self.names = sorted(set(names))
         self.outputs: dict[str, list] = {name: [] for name in self.names}
+        self.constant_names = sorted(set(constants) - set(self.names))
+        self.constants: dict[str, object] = {}
         self.batch = 0
         #: stacked trials: a replayed output is repeated this many times along the batch
         self.repeat = 1
 
     def record(self) -> list:
-        """Hooks that append each chosen module's output; returns their handles."""
+        """Hooks that record each chosen module's output; returns their handles."""
         handles = []
         for name in self.names:
             module = self.model.get_submodule(name)
             handles.append(module.register_forward_hook(
                 lambda m, args, out, _name=name: self.outputs[_name].append(out)))
+        for name in self.constant_names:
+            module = self.model.get_submodule(name)
+            handles.append(module.register_forward_hook(
+                lambda m, args, out, _name=name: self.constants.setdefault(_name, out)))
         return handles
 
     @contextmanager
@@ -90,8 +100,13 @@ class PrefixCache:
                 module = self.model.get_submodule(name)
                 if "forward" in module.__dict__:  # already patched by someone else: recompute it
                     continue
-                recorded = self.outputs[name]
-                module.forward = lambda *args, _rec=recorded, **kwargs: self._output(_rec[self.batch])
+                if name in self.constants:
+                    module.forward = lambda *args, _out=self.constants[name], **kwargs: _out
+                elif name in self.outputs:
+                    recorded = self.outputs[name]
+                    module.forward = lambda *args, _rec=recorded, **kwargs: self._output(_rec[self.batch])
+                else:  # never called on the golden run
+                    continue
                 patched.append(module)
             yield
         finally:
@@ -103,7 +118,7 @@ class PrefixCache:
 
     def repeatable(self, names: Iterable[str]) -> bool:
         """Whether every recorded output of ``names`` can be repeated along its batch."""
-        return all(can_repeat_batch(out) for name in names for out in self.outputs[name])
+        return all(can_repeat_batch(out) for name in names for out in self.outputs.get(name, ()))
 
 
 def can_repeat_batch(x) -> bool:

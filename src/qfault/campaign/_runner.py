@@ -249,21 +249,33 @@ def _prepare_prefix(spec: CampaignSpec, model: nn.Module, batches: list, points:
     """Record the clean outputs that trials may replay (see ``_prefix.py``)."""
     if not spec.reuse_prefix or not batches:
         return None, {}
+    from ..inject._api import _is_quant_proxy
+
     order = trace_order(model, batches[0][0])
-    names = {}
+    # Brevitas weight quantizers recompute the same codes on every forward in eval mode
+    proxies = {name: (f"{name}.weight_quant" if name else "weight_quant") for name, module in model.named_modules()
+               if _is_quant_proxy(getattr(module, "weight_quant", None))}
+    names, constants = {}, {}
     for index, point in enumerate(points):
-        faulted = set()
+        faulted, float_params = set(), set()
         for data in point_faults(spec.faults, point):
-            faulted.update(name for name, _ in select_modules(model, InjectSpec.from_dict(data)))
+            inject_spec = InjectSpec.from_dict(data)
+            selected = {name for name, _ in select_modules(model, inject_spec)}
+            faulted.update(selected)
+            if inject_spec.site.value in ("weight", "bias") and inject_spec.format is not None:
+                float_params.update(selected)  # their float weights change: requantize them
         if spec.mitigation is not None:
             from ..mitigation import stuck_layers
 
             faulted.update(name for name, _ in stuck_layers(model))
         names[index] = reusable_prefix(order, faulted)
+        constants[index] = [proxy for owner, proxy in proxies.items() if owner not in float_params]
     needed = set().union(*names.values()) if names else set()
-    if not needed:
+    constant_names = set().union(*constants.values()) if constants else set()
+    if not needed and not constant_names:
         return None, {}
-    prefix = PrefixCache(model, needed)
+    prefix = PrefixCache(model, needed, constant_names)
+    names = {index: names[index] + constants[index] for index in names}
     handles = prefix.record()
     try:
         predict(model, batches, prefix)
