@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_inject.py
 	$(BIN)/python bench/bench_sampling.py
 	$(BIN)/python bench/bench_campaign.py
+	$(BIN)/python bench/bench_mitigation.py
 
 clean:
 	rm -rf $(VENV) demo-results
