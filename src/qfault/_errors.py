@@ -15,6 +15,7 @@ class QFaultConfigError(ValueError):
         self.field = field
         self.value = value
         self.allowed = allowed
+        self.hint = hint
         msg = f"{field}={value!r} is invalid: allowed {allowed}"
         if hint:
             msg += f" ({hint})"

@@ -394,3 +394,18 @@ def test_replayed_weight_quantizers_give_identical_rows(tmp_path, faults):
         assert replayed == [{"4.weight_quant"}, {"2.weight_quant"}]
     else:
         assert replayed == [{"2.weight_quant", "4.weight_quant"}] * 2
+
+
+def test_a_bad_data_or_model_path_leaves_no_store_behind(tmp_path):
+    bad_data = CampaignSpec.from_dict(spec_dict(tmp_path, dataset={"name": "cifar10", "root": str(tmp_path / "nope")}))
+    with pytest.raises(QFaultConfigError, match="dataset.root"):
+        run_campaign(bad_data, progress=False, log=lambda *_: None)
+    assert not bad_data.store_path().exists()
+    bad_model = CampaignSpec.from_dict(spec_dict(tmp_path, model={
+        "source": "factory", "factory": "qfault.mitigation:seed_quant_vit",
+        "kwargs": {"name": "vit_tiny_patch16_224", "checkpoint": str(tmp_path / "missing.pth")}}))
+    with pytest.raises(QFaultConfigError, match=r"^model\.kwargs\.checkpoint="):
+        run_campaign(bad_model, progress=False, log=lambda *_: None)
+    assert not bad_model.store_path().exists()
+    fixed = CampaignSpec.from_dict(spec_dict(tmp_path, repetitions=1))  # same store path, corrected spec
+    assert [p.trials for p in run_campaign(fixed, progress=False, log=lambda *_: None).points] == [1, 1]

@@ -42,7 +42,12 @@ def build_campaign_model(source, log: Callable[[str], None] = print) -> nn.Modul
         model, _ = load_demo_model(source.name, log=log, **source.kwargs)
         return model.eval()
     factory = load_factory(source.factory)
-    model = factory(**source.kwargs)
+    try:
+        model = factory(**source.kwargs)
+    except QFaultConfigError as exc:  # name the field where the spec sets it
+        if exc.field in source.kwargs:
+            raise QFaultConfigError(f"model.kwargs.{exc.field}", exc.value, exc.allowed, hint=exc.hint) from None
+        raise
     if source.source == "checkpoint":
         try:
             state = torch.load(source.path, map_location="cpu", weights_only=True)
@@ -306,9 +311,12 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
         The :class:`CampaignResult` read back from the store.
     """
     executor = executor or LocalExecutor()
+    if spec.store_path().exists():  # refuse a foreign store or another spec before any work
+        CampaignStore(spec.store_path(), spec, create=False).close()
+    # data and model before a new store is created: a bad path leaves no store behind
+    batches = batches if batches is not None else load_batches(spec)
+    model = model if model is not None else build_campaign_model(spec.model, log=log)
     with CampaignStore(spec.store_path(), spec) as store:
-        model = model if model is not None else build_campaign_model(spec.model, log=log)
-        batches = batches if batches is not None else load_batches(spec)
         golden = store.golden()
         if golden is None:
             device = next(model.parameters()).device

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -15,12 +17,41 @@ from .._registry import Registry
 MODELS: Registry = Registry("model")
 
 
-def register_model(name: str):
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """How :func:`load_demo_model` trains a registered model.
+
+    Attributes:
+        epochs: default number of epochs (part of the cache file name).
+        lr: Adam learning rate.
+        threads: torch threads while training (``None``: leave the current setting). Tiny
+            models train faster on one thread, and the trained weights then do not depend on
+            the machine's core count.
+    """
+
+    epochs: int = 15
+    lr: float = 0.01
+    threads: int | None = None
+
+
+_RECIPES: dict[str, TrainingRecipe] = {}
+
+
+def register_model(name: str, *, epochs: int = 15, lr: float = 0.01, threads: int | None = None):
+    """Register a demo model builder under ``name``, with its training recipe (see
+    :class:`TrainingRecipe`)."""
+
     def wrap(fn: Callable[..., nn.Module]):
         MODELS.register(name, fn)
+        _RECIPES[name.lower()] = TrainingRecipe(epochs=epochs, lr=lr, threads=threads)
         return fn
 
     return wrap
+
+
+def training_recipe(name: str) -> TrainingRecipe:
+    """The training recipe of a registered demo model (an unknown name lists the valid ones)."""
+    return _RECIPES.get(MODELS.canonical(name), TrainingRecipe())
 
 
 @register_model("digits_cnn")
@@ -43,6 +74,33 @@ def digits_cnn(weight_bits: int = 8, act_bits: int = 8) -> nn.Module:
         nn.Flatten(),
         qnn.QuantLinear(32 * 4 * 4, 10, bias=True, weight_bit_width=weight_bits),
     )
+
+
+@register_model("digits_vit", epochs=40, lr=0.002, threads=1)
+def digits_vit(weight_bits: int = 8, act_bits: int = 8, embed_dim: int = 48, depth: int = 2,
+               num_heads: int = 4, mlp_ratio: float = 2.0, seed: int = 0) -> nn.Module:
+    """A small timm ViT for 1x8x8 digits with seed 000's quantized Linear layers.
+
+    ``timm.models.vision_transformer.VisionTransformer`` (random init from ``seed``, never
+    downloads): 2x2 patches (16 tokens + a class token), ``embed_dim`` 48, ``depth`` 2 blocks
+    of ``num_heads`` 4 heads, MLP ratio 2, class-token pooling, a 10-class ``head``. Every
+    ``nn.Linear`` but ``head`` (qkv, proj, fc1, fc2 of each block: 8 layers) is swapped for a
+    :class:`~qfault.mitigation.SeedQuantLinear` (``weight_bits``/``act_bits``), *not frozen*:
+    :func:`load_demo_model` trains it in :func:`~qfault.mitigation.float_mode`, caches the float
+    weights and freezes the codes after training or loading; call ``freeze()`` on its layers
+    yourself when you use this builder directly. ``patch_embed`` stays a float Conv2d, as in the
+    seed.
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    from ..mitigation import swap_linear
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = VisionTransformer(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=embed_dim,
+                                  depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, global_pool="token")
+    swap_linear(model, skip=("head",), weight_bits=weight_bits, act_bits=act_bits)
+    return model
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
@@ -102,19 +160,49 @@ def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
     return Path(explicit or os.environ.get("QFAULT_CACHE") or Path.home() / ".cache" / "qfault")
 
 
-def load_demo_model(name: str = "digits_cnn", *, epochs: int = 15, cache: str | os.PathLike | None = None,
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _seed_quant_layers(model: nn.Module) -> list[nn.Module]:
+    from ..mitigation import SeedQuantLinear
+
+    return [m for m in model.modules() if isinstance(m, SeedQuantLinear)]
+
+
+def _freeze(model: nn.Module) -> nn.Module:
+    """Freeze the codes of every SeedQuantLinear (after its float weights are final)."""
+    for layer in _seed_quant_layers(model):
+        layer.freeze()
+    return model.eval()
+
+
+def load_demo_model(name: str = "digits_cnn", *, epochs: int | None = None, cache: str | os.PathLike | None = None,
                     retrain: bool = False, log: Callable[[str], None] = print,
                     progress: Callable[[], None] | None = None) -> tuple[nn.Module, bool]:
     """A trained demo model (eval mode), from the cache when a valid checkpoint is there.
 
-    Trains on the digits training split otherwise (about 10 s on 2 cores) and caches the
-    result atomically; a corrupt cache file is reported through ``log`` and rebuilt.
+    Trains on the digits training split otherwise (``digits_cnn``: about 10 s on 2 cores;
+    ``digits_vit``: about 25 s) and caches the result atomically; a corrupt cache is reported
+    through ``log`` and rebuilt. ``epochs=None`` takes the model's default (15 for ``digits_cnn``,
+    40 for ``digits_vit``). A model with :class:`~qfault.mitigation.SeedQuantLinear` layers is
+    trained in float (:func:`~qfault.mitigation.float_mode`), its float weights are cached, and
+    its codes are frozen after training or loading.
 
     Returns:
         ``(model, trained_now)``.
     """
     from ._digits import load_digits_split
 
+    recipe = training_recipe(name)
+    epochs = recipe.epochs if epochs is None else epochs
     path = cache_dir(cache) / f"{name}_w8a8_e{epochs}.pt"
     model = build_model(name)
     if path.exists() and not retrain:
@@ -122,16 +210,23 @@ def load_demo_model(name: str = "digits_cnn", *, epochs: int = 15, cache: str | 
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(checkpoint["model_state_dict"])
             log(f"Loaded cached model {path}")
-            return model.eval(), False
+            return _freeze(model), False
         except Exception as exc:  # a corrupt cache is rebuilt, never trusted
             log(f"Cached model {path} is unreadable ({type(exc).__name__}: {exc}); retraining")
             model = build_model(name)
     x_train, y_train, _, _ = load_digits_split()
     start = time.monotonic()
-    train_classifier(model, x_train, y_train, epochs=epochs, seed=0, time_limit_s=60.0, progress=progress)
+    float_ctx = nullcontext()
+    if _seed_quant_layers(model):
+        from ..mitigation import float_mode
+
+        float_ctx = float_mode(model)  # rounding has no gradient: train the float weights
+    with _threads(recipe.threads), float_ctx:
+        train_classifier(model, x_train, y_train, epochs=epochs, lr=recipe.lr, seed=0, time_limit_s=60.0,
+                         progress=progress)
     log(f"Trained {name} in {time.monotonic() - start:.1f} s")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"model_state_dict": model.state_dict(), "model": name}, tmp)
+    torch.save({"model_state_dict": model.state_dict(), "model": name}, tmp)  # float weights, no codes
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache
-    return model.eval(), True
+    return _freeze(model), True
