@@ -6,14 +6,19 @@ layer (`indices: each`), and the same for one activation bit flip per image on e
 activation layer. Rows:
   naive      for each trial: inject, full forward over the test set, classify (no store)
   engine     run_campaign with reuse_prefix=false (store writes included)
-  engine+    run_campaign with reuse_prefix=true (clean outputs before the faulted layer replayed)
-The ratio is trials/s against the naive loop, measured in the same run.
+  engine+    run_campaign with reuse_prefix=true (the clean computation before the fault replayed:
+             outputs of earlier modules, Brevitas weight quantizers, the faulted layer's clean
+             output); stack_trials: auto (off on the CPU)
+  engine+ x4 the same with 4 trials stacked per forward (only where faults are per image)
+The ratio is trials/s against the naive loop, measured in the same run: each runner's best of 5
+interleaved rounds in rotating order (2 with --quick).
 
 Usage: .venv/bin/python bench/bench_campaign.py [--quick]
 """
 
 from __future__ import annotations
 
+import gc
 import sys
 import tempfile
 import time
@@ -37,11 +42,12 @@ WORKLOADS = {
 GOAL = 2.0
 
 
-def spec_for(name: str, fault: dict, repetitions: int, store: Path, reuse: bool) -> CampaignSpec:
+def spec_for(name: str, fault: dict, repetitions: int, store: Path, reuse: bool,
+             stack: int | str = "auto") -> CampaignSpec:
     return CampaignSpec.from_dict({
         "name": name, "seed": 0, "model": {"source": "demo", "name": "digits_cnn"}, "dataset": "digits",
         "faults": [fault], "sweep": {"indices": "each"}, "repetitions": repetitions, "store": str(store),
-        "reuse_prefix": reuse,
+        "reuse_prefix": reuse, "stack_trials": stack,
     })
 
 
@@ -76,23 +82,31 @@ def main() -> None:
             spec = spec_for(name, fault, repetitions, Path(tmp) / "x.db", True)
             batches = load_batches(spec)
             timings: dict[str, tuple[int, float]] = {}
-            for attempt in range(3):  # attempt 0 warms every code path up; best of the others
+            rounds = 2 if args.quick else 5  # the VM's speed drifts by 20 %+: best of several rounds
+            for attempt in range(1 + rounds):  # attempt 0 warms every code path up; best of the others
                 reps = 1 if attempt == 0 else repetitions
-                start = time.perf_counter()
-                trials = naive(spec_for(name, fault, reps, Path(tmp) / "n.db", True), model, batches)
-                sample = {"naive": (trials, time.perf_counter() - start)}
-                for label, reuse in (("engine", False), ("engine+", True)):
-                    store = Path(tmp) / f"{attempt}-{label}-{name}.db".replace(" ", "_").replace("/", "_")
-                    run_spec = spec_for(name, fault, reps, store, reuse)
+                sample = {}
+                order = ["naive", "engine", "engine+", "engine+ x4"]
+                for label in order[attempt % 4:] + order[:attempt % 4]:  # rotate: no runner always goes first
+                    gc.collect()
                     start = time.perf_counter()
-                    result = run_campaign(run_spec, progress=False, log=lambda *_: None, model=model, batches=batches)
-                    sample[label] = (sum(p.trials for p in result.points), time.perf_counter() - start)
+                    if label == "naive":
+                        trials = naive(spec_for(name, fault, reps, Path(tmp) / "n.db", True), model, batches)
+                    else:
+                        store = Path(tmp) / f"{attempt}-{label}-{name}.db".replace(" ", "_").replace("/", "_")
+                        run_spec = spec_for(name, fault, reps, store, label != "engine",
+                                            4 if label.endswith("x4") else "auto")
+                        result = run_campaign(run_spec, progress=False, log=lambda *_: None, model=model,
+                                              batches=batches)
+                        trials = sum(p.trials for p in result.points)
+                    sample[label] = (trials, time.perf_counter() - start)
                 if attempt:
                     for label, (count, seconds) in sample.items():
                         if label not in timings or seconds < timings[label][1]:
                             timings[label] = (count, seconds)
             base = timings["naive"][0] / timings["naive"][1]
-            for label, (count, seconds) in timings.items():
+            for label in order:
+                count, seconds = timings[label]
                 rate = count / seconds
                 verdict = "" if label != "engine+" else ("PASS" if rate / base >= GOAL else "MISS")
                 rows.append([name, label, str(count), f"{seconds:.2f} s", f"{rate:.1f}", f"{rate / base:.2f}x",

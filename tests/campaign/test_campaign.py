@@ -223,6 +223,11 @@ def test_prefix_reuse_gives_identical_rows(tmp_path):
     result = run_campaign(reuse, progress=False, log=lambda *_: None)
     run_campaign(plain, progress=False, log=lambda *_: None)
     assert len(result.points) == 3
+    from qfault.campaign._runner import _prepare_prefix, load_batches
+    from qfault.testing import tiny_digits_mlp
+
+    _, names = _prepare_prefix(reuse, tiny_digits_mlp(), load_batches(reuse), reuse.points(3))
+    assert [names[i][-1] for i in range(3)] == ["1", "2", "3"]  # each faulted layer's clean output
     assert rows(reuse.store_path()) == rows(plain.store_path())
     assert any(p.counts["masked"] < p.counts["images"] for p in result.points)
 
@@ -394,6 +399,9 @@ def test_replayed_weight_quantizers_give_identical_rows(tmp_path, faults):
         assert replayed == [{"4.weight_quant"}, {"2.weight_quant"}]
     else:
         assert replayed == [{"2.weight_quant", "4.weight_quant"}] * 2
+    if faults[0]["site"] == "output":  # the faulted layer's clean output, before the fault hook
+        assert "0.act_quant" in names[0] and "3.act_quant" in names[1]
+        assert "0" in names[1] and "3" not in names[1]  # the prefix before layer 3, not layer 3 itself
 
 
 def test_a_bad_data_or_model_path_leaves_no_store_behind(tmp_path):

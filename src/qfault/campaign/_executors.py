@@ -48,8 +48,21 @@ class TrialContext:
     prefix_names: dict = field(default_factory=dict)
     #: trials a forward may evaluate at once (1: one trial per forward; see ``stackable``)
     stack: int = 1
+    #: the most trials a forward may hold (1 where faults are not per image): ``stack`` on
+    #: another device is ``min(spec.trials_per_forward(device), stack_cap)``
+    stack_cap: int = 1
     #: stack size -> whether a clean stacked forward reproduced the golden logits (checked once)
     exact_stacks: dict = field(default_factory=dict)
+    #: point index -> the modules each of its fault specs selects (selected once per point)
+    selections: dict = field(default_factory=dict)
+
+    def inject(self, index: int, specs: list):
+        """``inject(model, specs)`` for a trial of point ``index``, selecting modules once per point."""
+        from ..inject._api import _inject, select_modules
+
+        if index not in self.selections:
+            self.selections[index] = [select_modules(self.model, s) for s in specs]
+        return _inject(self.model, specs, self.selections[index])
 
 
 def execute_trial(context: TrialContext, item: tuple[int, dict, int], *, golden_logits: torch.Tensor | None = None):
@@ -61,7 +74,7 @@ def execute_trial(context: TrialContext, item: tuple[int, dict, int], *, golden_
     golden logits (a worker on another device compares against its own fault-free run).
     """
     from ..faults import derive_seed
-    from ..inject import InjectSpec, inject
+    from ..inject import InjectSpec
     from ._outcomes import classify
     from ._runner import predict, trial_seed
     from ._spec import point_faults, point_mitigation
@@ -70,7 +83,8 @@ def execute_trial(context: TrialContext, item: tuple[int, dict, int], *, golden_
     spec = context.spec
     index, point, repetition = item
     seed = trial_seed(spec, point, repetition)
-    specs = [InjectSpec.from_dict({**f, "seed": derive_seed(seed, i) >> 1})
+    # statistics are not part of a trial's row: skip their cost
+    specs = [InjectSpec.from_dict({**f, "seed": derive_seed(seed, i) >> 1, "track_statistics": False})
              for i, f in enumerate(point_faults(spec.faults, point))]
     faulted = [0]
     prefix = context.prefix
@@ -87,7 +101,7 @@ def execute_trial(context: TrialContext, item: tuple[int, dict, int], *, golden_
         stuck_handle = apply_stuck_at(context.model, StuckAtSpec(**mitigation, seed=stuck_seed))
         faulted[0] += stuck_handle.changed_weights
         stuck = stuck_handle
-    injected = inject(context.model, specs) if specs else contextlib.nullcontext()
+    injected = context.inject(index, specs) if specs else contextlib.nullcontext()
     with stuck, injected as handle, replay:
         if handle is not None:
             handle.add_listener(lambda name, draw, old, new: faulted.__setitem__(0, faulted[0] + int((old != new).sum())))
@@ -149,7 +163,7 @@ def execute_trials(context: TrialContext, items: list[tuple[int, dict, int]], *,
     and last batch, on this worker's device); where it fails, the trials run one by one.
     """
     from ..faults import derive_seed
-    from ..inject import InjectSpec, inject
+    from ..inject import InjectSpec
     from ._outcomes import classify
     from ._runner import trial_seed
     from ._spec import point_faults
@@ -178,7 +192,8 @@ def execute_trials(context: TrialContext, items: list[tuple[int, dict, int]], *,
     if prefix is not None and not prefix.repeatable(names):
         prefix, names = None, ()
     start = time.monotonic()
-    with inject(context.model, [InjectSpec.from_dict({**f, "seed": 0}) for f in faults]) as handle:
+    specs = [InjectSpec.from_dict({**f, "seed": 0, "track_statistics": False}) for f in faults]
+    with context.inject(index, specs) as handle:
         handle._stack_trials([[derive_seed(seed, i) >> 1 for i in range(len(faults))] for seed in seeds])
         with prefix.replay(names) if prefix is not None else contextlib.nullcontext():
             logits = stacked_logits(context.model, context.batches, len(items), prefix)
@@ -235,8 +250,9 @@ class TrialFunction:
         batches = [(x.to(device), y) for x, y in ctx.batches]
         # recorded clean outputs stay on the CPU: a worker on another device recomputes them
         keep = device.type == "cpu"
+        stack = min(ctx.spec.trials_per_forward(device), ctx.stack_cap)  # checked again on first use
         self.context = TrialContext(ctx.spec, model, batches, ctx.golden, ctx.prefix if keep else None,
-                                    ctx.prefix_names if keep else {}, ctx.stack)  # stacks re-checked here
+                                    ctx.prefix_names if keep else {}, stack, stack_cap=ctx.stack_cap)
         self.device = device
         self._golden_logits = None if device.type == "cpu" else predict(model, batches)
         return self

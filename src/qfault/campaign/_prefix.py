@@ -64,9 +64,13 @@ def reusable_prefix(order: dict[str, tuple[int, int, int]], faulted: Iterable[st
 class PrefixCache:
     """Recorded outputs of chosen modules, per batch, and a context that replays them.
 
+    Stacked copies of recorded outputs are kept for reuse, at most ``MAX_REPEATED_BYTES`` of them.
+
     ``constants`` are modules whose output does not depend on the batch (Brevitas weight
     quantizers of weights that no trial changes): recorded once, replayed for every batch.
     """
+
+    MAX_REPEATED_BYTES = 256 * 2**20
 
     def __init__(self, model: nn.Module, names: Iterable[str], constants: Iterable[str] = ()):
         self.model = model
@@ -77,6 +81,8 @@ class PrefixCache:
         self.batch = 0
         #: stacked trials: a replayed output is repeated this many times along the batch
         self.repeat = 1
+        self._repeated: dict[tuple[int, int], object] = {}
+        self._repeated_bytes = 0
 
     def record(self) -> list:
         """Hooks that record each chosen module's output; returns their handles."""
@@ -114,11 +120,29 @@ class PrefixCache:
                 module.__dict__.pop("forward", None)
 
     def _output(self, out):
-        return out if self.repeat == 1 else repeat_batch(out, self.repeat)
+        if self.repeat == 1:
+            return out
+        key = (id(out), self.repeat)  # trials of a point reuse the same stacked copies
+        if key not in self._repeated:
+            stacked = repeat_batch(out, self.repeat)
+            size = _nbytes(stacked)
+            if self._repeated_bytes + size > self.MAX_REPEATED_BYTES:
+                self._repeated.clear()
+                self._repeated_bytes = 0
+            if size > self.MAX_REPEATED_BYTES:
+                return stacked
+            self._repeated[key] = stacked
+            self._repeated_bytes += size
+        return self._repeated[key]
 
     def repeatable(self, names: Iterable[str]) -> bool:
         """Whether every recorded output of ``names`` can be repeated along its batch."""
         return all(can_repeat_batch(out) for name in names for out in self.outputs.get(name, ()))
+
+
+def _nbytes(x) -> int:
+    value = x if isinstance(x, torch.Tensor) else x.value
+    return value.numel() * value.element_size()
 
 
 def can_repeat_batch(x) -> bool:

@@ -262,11 +262,12 @@ def _prepare_prefix(spec: CampaignSpec, model: nn.Module, batches: list, points:
                if _is_quant_proxy(getattr(module, "weight_quant", None))}
     names, constants = {}, {}
     for index, point in enumerate(points):
-        faulted, float_params = set(), set()
+        faulted, float_params, sites = set(), set(), set()
         for data in point_faults(spec.faults, point):
             inject_spec = InjectSpec.from_dict(data)
             selected = {name for name, _ in select_modules(model, inject_spec)}
             faulted.update(selected)
+            sites.add((inject_spec.site.value, inject_spec.layer_mode))
             if inject_spec.site.value in ("weight", "bias") and inject_spec.format is not None:
                 float_params.update(selected)  # their float weights change: requantize them
         if spec.mitigation is not None:
@@ -274,6 +275,8 @@ def _prepare_prefix(spec: CampaignSpec, model: nn.Module, batches: list, points:
 
             faulted.update(name for name, _ in stuck_layers(model))
         names[index] = reusable_prefix(order, faulted)
+        if sites == {("output", "all")} and spec.mitigation is None:
+            names[index] += _clean_faulted_output(model, order, faulted)
         constants[index] = [proxy for owner, proxy in proxies.items() if owner not in float_params]
     needed = set().union(*names.values()) if names else set()
     constant_names = set().union(*constants.values()) if constants else set()
@@ -288,6 +291,24 @@ def _prepare_prefix(spec: CampaignSpec, model: nn.Module, batches: list, points:
         for handle in handles:
             handle.remove()
     return prefix, names
+
+
+def _clean_faulted_output(model: nn.Module, order: dict, faulted: set[str]) -> list[str]:
+    """The module whose clean output a trial may replay when a point faults the output of one
+    module only: its input is clean, so the output before the fault hooks is the golden one; the
+    hooks (on the module, or on its Brevitas ``act_quant`` proxy) still run on the replayed value."""
+    if len(faulted) != 1:
+        return []
+    (name,) = faulted
+    if not name or order.get(name, (0, 0, 0))[2] != 1:
+        return []
+    module = model.get_submodule(name)
+    from ..inject._api import _is_quant_proxy
+
+    if _is_quant_proxy(getattr(module, "act_quant", None)):  # replay the proxy: its hook must run
+        proxy = f"{name}.act_quant"
+        return [proxy] if order.get(proxy, (0, 0, 0))[2] == 1 else []
+    return [name]
 
 
 def trial_seed(spec: CampaignSpec, point: dict, repetition: int) -> int:
@@ -345,11 +366,13 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
 
         from ._executors import TrialContext, TrialFunction, stackable
 
-        stack = min(spec.trials_per_forward(), fixed if fixed is not None else spec.stop.max_repetitions)
-        if stack > 1 and not stackable(spec, points):
-            stack = 1
+        # trials per forward: at most a point's repetitions, 1 where faults are not per image
+        stack_cap = (fixed if fixed is not None else spec.stop.max_repetitions) if stackable(spec, points) else 1
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        stack = min(spec.trials_per_forward(device), stack_cap)
         # one picklable trial function for every executor (a Ray worker gets it once)
-        run_trial = TrialFunction(TrialContext(spec, model, batches, golden, prefix, prefix_names, stack))
+        run_trial = TrialFunction(TrialContext(spec, model, batches, golden, prefix, prefix_names, stack,
+                                               stack_cap=stack_cap))
 
         workers = max(1, int(getattr(executor, "parallelism", 1)))  # stacks the ci rule runs ahead
         bar = _Progress(progress, total=planned, completed=len(done))

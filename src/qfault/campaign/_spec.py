@@ -120,8 +120,9 @@ class CampaignSpec:
             bit_flip, tile: 64}``; sweep it with paths ``mitigation.rate``, ``mitigation.method``.
         stack_trials: trials evaluated together in one forward (their batches stacked) when every
             fault acts on activations of fixed layers: an integer >= 1 (1: off) or ``"auto"``
-            (about ``STACK_IMAGES`` images per forward). Used only when a fault-free stacked
-            forward is bit-identical to the plain one, so results do not depend on it.
+            (off on the CPU, about ``STACK_IMAGES`` images per forward on other devices). Used
+            only where a fault-free stacked forward is bit-identical to the plain one, so results
+            do not depend on it.
     """
 
     name: str = "campaign"
@@ -215,9 +216,17 @@ class CampaignSpec:
         out["version"] = SPEC_VERSION
         return json.loads(json.dumps(out, default=str))
 
-    def trials_per_forward(self) -> int:
-        """``stack_trials`` resolved to a number (``auto``: about ``STACK_IMAGES`` images per forward)."""
+    def trials_per_forward(self, device: Any = None) -> int:
+        """``stack_trials`` resolved to a number for trials on ``device`` (default: the CPU).
+
+        ``auto`` is 1 on the CPU, where stacking was measured slower (bench/bench_campaign.py:
+        CPU kernels are already compute-bound at an evaluation batch), and about
+        ``STACK_IMAGES`` images per forward on other devices, where small batches are bound by
+        kernel launches.
+        """
         if self.stack_trials == "auto":
+            if device is None or getattr(device, "type", str(device)) == "cpu":
+                return 1
             return max(1, STACK_IMAGES // self.batch_size)
         return int(self.stack_trials)
 

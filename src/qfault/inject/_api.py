@@ -5,11 +5,11 @@ from __future__ import annotations
 import fnmatch
 import functools
 import math
-import random
 import re
 import secrets
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -282,18 +282,16 @@ def _expand_over_batch(draw: FaultDraw, batch: int, per_image: int) -> FaultDraw
 
 
 def _one_flip_per_image(fault, shape: tuple[int, ...], fmt: NumberFormat, seed: int) -> FaultDraw | None:
-    """``BitFlip(count=1)`` in each image of a small batch: a few Python integers beat a dozen
-    small tensor operations. None when the fault is not of that kind."""
-    batch = shape[0]
-    if not (isinstance(fault, BitFlip) and fault.count == 1 and fault.bits is None and batch <= 256):
+    """``BitFlip(count=1)`` in each image of a batch: one numpy draw of ``batch`` integers beats
+    a dozen small tensor operations. None when the fault is not of that kind."""
+    if not (isinstance(fault, BitFlip) and fault.count == 1 and fault.bits is None):
         return None
-    per_image = math.prod(shape[1:])
-    rng = random.Random(seed)
-    picks = [rng.randrange(per_image * fmt.bits) for _ in range(batch)]
-    rows = [[b * per_image + p // fmt.bits for b, p in enumerate(picks)],
-            [p % fmt.bits for p in picks], [1 << (p % fmt.bits) for p in picks]]
-    table = torch.tensor(rows, dtype=torch.int64)
-    return FaultDraw(table[0], "xor", table[2], None, table[:2].t())
+    batch, per_image = shape[0], math.prod(shape[1:])
+    picks = np.random.default_rng(seed).integers(0, per_image * fmt.bits, size=batch, dtype=np.int64)
+    elements, bits = np.divmod(picks, fmt.bits)
+    elements += np.arange(batch, dtype=np.int64) * per_image
+    sites = torch.from_numpy(np.stack([elements, bits], axis=1))
+    return FaultDraw(torch.from_numpy(elements), "xor", torch.from_numpy(np.left_shift(1, bits)), None, sites)
 
 
 def _per_image_draw(fault, shape: tuple[int, ...], fmt: NumberFormat, gen: torch.Generator) -> FaultDraw:
@@ -791,11 +789,17 @@ def inject(model: nn.Module, spec: "InjectSpec | dict | Sequence[InjectSpec | di
     specs = [s if isinstance(s, InjectSpec) else InjectSpec.from_dict(s) for s in specs]
     if not specs:
         raise QFaultConfigError("spec", [], "at least one InjectSpec")
+    return _inject(model, specs, [select_modules(model, s) for s in specs])
+
+
+def _inject(model: nn.Module, specs: list[InjectSpec], selections: list[list[tuple[str, nn.Module]]]) -> InjectionHandle:
+    """:func:`inject` with the modules of each spec already selected (callers that inject the
+    same selection many times, like a campaign's trials, select once)."""
     handle = InjectionHandle(model, specs)
     try:
         layer_id = 0
-        for spec_id, s in enumerate(specs):
-            for position, (name, module) in enumerate(select_modules(model, s)):
+        for spec_id, (s, selected) in enumerate(zip(specs, selections)):
+            for position, (name, module) in enumerate(selected):
                 site = _SiteRuntime(handle, s, spec_id, name, module, position, layer_id)
                 layer_id += 1
                 _attach(handle, site)
