@@ -264,9 +264,13 @@ class _SiteRuntime:
             per_image = x.shape[0] // trials
             zero = None if fmt.signed else zero.to(x.device).repeat_interleave(per_image)
             return scale.to(x.device).repeat_interleave(per_image), zero, 0
-        if fmt.signed and x.numel():  # per-tensor symmetric scale as a Python number: 3 tensor ops
-            low, high = torch.aminmax(x.detach().float())
-            scale = float(torch.maximum(high, -low) / fmt.code_max)  # float32, as calibrate()
+        if fmt.signed and x.numel():  # per-tensor symmetric scale as a Python number
+            low, high = torch.aminmax(x.detach())
+            if x.device.type == "cpu":  # the same float32 steps as calibrate(), on two scalars
+                peak = np.maximum(np.float32(high.item()), np.float32(-low.item()))
+                scale = float(peak / np.float32(fmt.code_max))
+            else:
+                scale = float(torch.maximum(high, -low).float() / fmt.code_max)
             if math.isfinite(scale):
                 return (scale if scale > 0 else 1.0), None, None
         scale, zero = calibrate(fmt, x, None)
@@ -282,12 +286,14 @@ def _expand_over_batch(draw: FaultDraw, batch: int, per_image: int) -> FaultDraw
 
 
 def _one_flip_per_image(fault, shape: tuple[int, ...], fmt: NumberFormat, seed: int) -> FaultDraw | None:
-    """``BitFlip(count=1)`` in each image of a batch: one numpy draw of ``batch`` integers beats
-    a dozen small tensor operations. None when the fault is not of that kind."""
+    """``BitFlip(count=1)`` in each image of a batch: one draw of ``batch`` integers, then numpy
+    on the few picks (cheaper than a dozen tiny tensor operations). None when the fault is not
+    of that kind."""
     if not (isinstance(fault, BitFlip) and fault.count == 1 and fault.bits is None):
         return None
     batch, per_image = shape[0], math.prod(shape[1:])
-    picks = np.random.default_rng(seed).integers(0, per_image * fmt.bits, size=batch, dtype=np.int64)
+    gen = torch.Generator().manual_seed(seed)
+    picks = torch.randint(per_image * fmt.bits, (batch,), generator=gen, dtype=torch.int64).numpy()
     elements, bits = np.divmod(picks, fmt.bits)
     elements += np.arange(batch, dtype=np.int64) * per_image
     sites = torch.from_numpy(np.stack([elements, bits], axis=1))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 
 GRADIENT_MODES = ("ste", "zero_faulty")
+_SMALL = 64  # at most this many positions on the CPU are written through a numpy view
+_NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16, torch.int8, torch.int16, torch.int32, torch.int64,
+                 torch.uint8)
 
 
 class _ReplaceAt(torch.autograd.Function):
@@ -40,5 +43,8 @@ def replace_at(x: torch.Tensor, index: torch.Tensor, values: torch.Tensor, gradi
     if torch.is_grad_enabled() and x.requires_grad:
         return _ReplaceAt.apply(x, index, values.detach(), gradient == "zero_faulty")
     out = x.clone()
-    out.view(-1)[index] = values.to(x.dtype)
+    if out.device.type == "cpu" and index.numel() <= _SMALL and out.dtype in _NUMPY_DTYPES:
+        out.numpy().reshape(-1)[index.numpy()] = values.to(x.dtype).numpy()  # no tensor dispatch
+    else:
+        out.view(-1)[index] = values.to(x.dtype)
     return out
