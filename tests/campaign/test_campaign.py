@@ -226,7 +226,7 @@ def test_prefix_reuse_gives_identical_rows(tmp_path):
     from qfault.campaign._runner import _prepare_prefix, load_batches
     from qfault.testing import tiny_digits_mlp
 
-    _, names = _prepare_prefix(reuse, tiny_digits_mlp(), load_batches(reuse), reuse.points(3))
+    _, names, _ = _prepare_prefix(reuse, tiny_digits_mlp(), load_batches(reuse), reuse.points(3))
     assert [names[i][-1] for i in range(3)] == ["1", "2", "3"]  # each faulted layer's clean output
     assert rows(reuse.store_path()) == rows(plain.store_path())
     assert any(p.counts["masked"] < p.counts["images"] for p in result.points)
@@ -393,7 +393,7 @@ def test_replayed_weight_quantizers_give_identical_rows(tmp_path, faults):
     assert rows(reuse.store_path()) == rows(plain.store_path())
     assert any(p.counts["masked"] < p.counts["images"] for p in result.points)
     model = tiny_digits_brevitas()
-    prefix, names = _prepare_prefix(reuse, model, load_batches(reuse), reuse.points(2))
+    prefix, names, _ = _prepare_prefix(reuse, model, load_batches(reuse), reuse.points(2))
     replayed = [{name for name in names[i] if name in prefix.constants} for i in range(2)]
     if "format" in faults[0]:  # a layer whose float weights are faulted must requantize them
         assert replayed == [{"4.weight_quant"}, {"2.weight_quant"}]

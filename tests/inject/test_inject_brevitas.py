@@ -389,3 +389,32 @@ def test_wide_accumulator_input_needs_a_format_and_takes_one():
         handle.add_listener(rec)
         model(inputs((2, 8)))
     assert len(rec.calls) == 1 and rec.calls[0][1].bit_sites.shape == (2, 2)
+
+
+def test_same_quantized_weights_again_reuse_the_faulty_codes():
+    torch.manual_seed(0)
+    model = nn.Sequential(qnn.QuantLinear(8, 6, bias=False)).eval()
+    x = inputs((3, 8))
+    proxy = model[0].weight_quant
+    with torch.no_grad():
+        constant = proxy(model[0].weight)
+    proxy.forward = lambda *args, **kwargs: constant  # as a campaign replays a recorded quantizer
+    try:
+        spec = InjectSpec(fault=BitFlip(count=3), site="weight", persistence="permanent", track_statistics=False,
+                          seed=0)
+        rec = Recorder()
+        with inject(model, spec) as handle, torch.no_grad():
+            handle.add_listener(rec)
+            first, second = model(x), model(x)
+            assert handle.sites[0].weight_cache is not None  # the second forward reused the codes
+            assert len(rec.calls) == 2 and torch.equal(rec.calls[0][3], rec.calls[1][3])
+            handle.reset()  # a new generation redraws
+            third = model(x)
+            assert not torch.equal(rec.calls[2][1].index, rec.calls[0][1].index) or \
+                not torch.equal(rec.calls[2][3], rec.calls[0][3])
+        assert torch.equal(first, second) and not torch.equal(first, third)
+        del proxy.forward
+        with inject(model, spec) as handle, torch.no_grad():  # no replay: computed every forward
+            assert torch.equal(model(x), first)
+    finally:
+        proxy.__dict__.pop("forward", None)

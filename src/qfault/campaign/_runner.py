@@ -250,10 +250,16 @@ def fault_population(model: nn.Module, spec: CampaignSpec, point: dict, sample: 
     return max(1, total)
 
 
-def _prepare_prefix(spec: CampaignSpec, model: nn.Module, batches: list, points: list[dict]):
-    """Record the clean outputs that trials may replay (see ``_prefix.py``)."""
+def _prepare_prefix(spec: CampaignSpec, model: nn.Module, batches: list, points: list[dict],
+                    clean_pass: Callable[[], Any] | None = None):
+    """Record the clean outputs that trials may replay (see ``_prefix.py``).
+
+    ``clean_pass`` runs the fault-free model over ``batches`` (default: :func:`predict`); the
+    runner passes its golden run, so one pass both computes the golden logits and records.
+    Returns ``(prefix, names per point, clean_pass's result or None if it did not run)``.
+    """
     if not spec.reuse_prefix or not batches:
-        return None, {}
+        return None, {}, None
     from ..inject._api import _is_quant_proxy
 
     order = trace_order(model, batches[0][0])
@@ -281,16 +287,16 @@ def _prepare_prefix(spec: CampaignSpec, model: nn.Module, batches: list, points:
     needed = set().union(*names.values()) if names else set()
     constant_names = set().union(*constants.values()) if constants else set()
     if not needed and not constant_names:
-        return None, {}
+        return None, {}, None
     prefix = PrefixCache(model, needed, constant_names)
     names = {index: names[index] + constants[index] for index in names}
     handles = prefix.record()
     try:
-        predict(model, batches, prefix)
+        result = clean_pass() if clean_pass is not None else predict(model, batches, prefix)
     finally:
         for handle in handles:
             handle.remove()
-    return prefix, names
+    return prefix, names, (result if clean_pass is not None else None)
 
 
 def _clean_faulted_output(model: nn.Module, order: dict, faulted: set[str]) -> list[str]:
@@ -338,10 +344,18 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
     batches = batches if batches is not None else load_batches(spec)
     model = model if model is not None else build_campaign_model(spec.model, log=log)
     with CampaignStore(spec.store_path(), spec) as store:
+        num_layers = None
+        if spec.sweep.get("indices") == "each":
+            first = {k: v for k, v in spec.faults[0].items() if k != "indices"}
+            num_layers = len(select_modules(model, InjectSpec.from_dict(first)))
+        points = spec.points(num_layers)
         golden = store.golden()
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        # the golden pass also records what trials replay (one pass, not two)
+        clean_pass = (lambda: golden_run(model, batches, device)) if golden is None else None
+        prefix, prefix_names, clean = _prepare_prefix(spec, model, batches, points, clean_pass)
         if golden is None:
-            device = next(model.parameters()).device
-            clean = golden_run(model, batches, device)
+            clean = clean if clean is not None else golden_run(model, batches, device)
             golden = {"logits": clean.logits, "labels": clean.labels, "accuracy": 100.0 * clean.accuracy}
             if spec.mitigation is not None:  # seed 000 reports the float baseline beside the quantized one
                 from ..mitigation import float_mode
@@ -349,12 +363,6 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
                 with float_mode(model):
                     golden["float_accuracy"] = 100.0 * golden_run(model, batches, device).accuracy
             store.save_golden(golden)
-        num_layers = None
-        if spec.sweep.get("indices") == "each":
-            first = {k: v for k, v in spec.faults[0].items() if k != "indices"}
-            num_layers = len(select_modules(model, InjectSpec.from_dict(first)))
-        points = spec.points(num_layers)
-        prefix, prefix_names = _prepare_prefix(spec, model, batches, points)
         if spec.stop.rule == "leveugle" and spec.stop.population == "auto":
             sample = batches[0][0] if batches else None
             per_point = [_repetitions(spec, fault_population(model, spec, point, sample)) for point in points]
@@ -368,7 +376,6 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
 
         # trials per forward: at most a point's repetitions, 1 where faults are not per image
         stack_cap = (fixed if fixed is not None else spec.stop.max_repetitions) if stackable(spec, points) else 1
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
         stack = min(spec.trials_per_forward(device), stack_cap)
         # one picklable trial function for every executor (a Ray worker gets it once)
         run_trial = TrialFunction(TrialContext(spec, model, batches, golden, prefix, prefix_names, stack,
