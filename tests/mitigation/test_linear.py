@@ -269,3 +269,16 @@ def test_swap_linear_vit_tiny():
         y = model(torch.randn(1, 3, 224, 224))
     assert y.shape == (1, 1000) and bool(torch.isfinite(y).all())
     assert not math.isnan(float(y.std()))
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"rate": 100.5}, "rate"), ({"rate": -1.0}, "rate"), ({"method": "none-such"}, "method"),
+    ({"tile": 0}, "tile"), ({"seed": -1}, "seed"),
+])
+def test_stuck_at_spec_validation(kwargs, field):
+    from qfault.mitigation import StuckAtSpec
+
+    with pytest.raises(QFaultConfigError) as e:
+        StuckAtSpec(**kwargs)
+    assert e.value.field == field
+    assert StuckAtSpec(method="flip-bitwise").method == "bit_flip"  # the seed's names are aliases
