@@ -43,7 +43,7 @@ def spec_dict(tmp_path: Path, **changes) -> dict:
 def rows(store_path) -> list[tuple]:
     conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
     try:
-        return conn.execute("SELECT point, repetition, seed, accuracy, counts, faults FROM trials "
+        return conn.execute("SELECT point, repetition, point_json, seed, accuracy, counts, faults FROM trials "
                             "ORDER BY point, repetition").fetchall()
     finally:
         conn.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import pickle
-import sqlite3
 import time
 from pathlib import Path
 
@@ -20,40 +19,18 @@ from qfault.campaign import (
 from qfault.campaign import _report
 from qfault.campaign._runner import load_batches, predict
 from qfault.cli.main import main
+from test_campaign import rows
+from test_campaign import spec_dict as base_spec_dict
 
-FACTORY = "qfault.testing:tiny_digits_mlp"
 QUIET = {"progress": False, "log": lambda *_: None}
 
 
 def spec_dict(tmp_path: Path, store: str = "t.db", **changes) -> dict:
-    data = {
-        "name": "t",
-        "seed": 3,
-        "model": {"source": "factory", "factory": FACTORY},
-        "dataset": "digits",
-        "limit": 100,
-        "batch_size": 64,
-        "faults": [{"fault": {"type": "bit_flip", "ber": 0.01}, "site": "weight", "format": "int8",
-                    "persistence": "permanent"}],
-        "sweep": {"fault.ber": [0.0, 0.02]},
-        "repetitions": 3,
-        "store": str(tmp_path / store),
-    }
-    data.update(changes)
-    return data
+    return base_spec_dict(tmp_path, **{"limit": 100, "store": str(tmp_path / store), **changes})
 
 
 def make_spec(tmp_path: Path, store: str = "t.db", **changes) -> CampaignSpec:
     return CampaignSpec.from_dict(spec_dict(tmp_path, store, **changes))
-
-
-def rows(store_path) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
-    try:
-        return conn.execute("SELECT point, repetition, point_json, seed, accuracy, counts, faults FROM trials "
-                            "ORDER BY point, repetition").fetchall()
-    finally:
-        conn.close()
 
 
 def trial_function(spec: CampaignSpec) -> TrialFunction:

@@ -8,15 +8,18 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from qfault._errors import QFaultConfigError
 from qfault.faults import (
-    BitFlip, FullFlip, HwPeriodic, LSBFlip, MSBFlip, RandomValue, StuckAt, apply_draw, corrupt,
-    draw_faults, get_fault, list_faults, make_generator,
+    BitFlip, FaultDraw, FullFlip, HwPeriodic, LSBFlip, MSBFlip, RandomValue, StuckAt, apply_draw, corrupt,
+    draw_faults, fault_values, get_fault, list_faults, make_generator,
 )
-from qfault.faults._apply import hw_periodic_mask, hw_periodic_pattern
+from qfault.faults._apply import SMALL_DRAW, _small_path, hw_periodic_mask, hw_periodic_pattern
 from qfault.formats import FixedPoint, FloatFormat, IntFormat
+from test_sampling import chi2_pvalue  # one chi-square helper for the fault tests
 
 ALPHA = 1e-4
 
@@ -48,17 +51,6 @@ def raw_bits(t: torch.Tensor) -> np.ndarray:
     if t.dtype == torch.float64:
         return t.view(torch.int64).numpy().copy()
     return t.numpy().astype(np.int64)
-
-
-def chi2_pvalue(observed, expected) -> float:
-    observed = np.asarray(observed, dtype=float)
-    expected = np.asarray(expected, dtype=float)
-    small = expected < 5
-    if small.any():
-        observed = np.append(observed[~small], observed[small].sum())
-        expected = np.append(expected[~small], expected[small].sum())
-    stat = float(((observed - expected) ** 2 / expected).sum())
-    return float(stats.chi2.sf(stat, len(expected) - 1))
 
 
 def binom_gof(counts: np.ndarray, n: int, p: float) -> float:
@@ -935,11 +927,6 @@ def test_ieee_formats_flip_non_finite_values_like_any_other():
 
 # -- the numpy path for a few values equals the tensor codec ------------------------------------
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from qfault.faults import FaultDraw, fault_values  # noqa: E402
-from qfault.faults._apply import SMALL_DRAW, _small_path  # noqa: E402
 
 
 @st.composite
