@@ -17,7 +17,9 @@ from qfault.faults import (
     BitFlip, FaultDraw, FullFlip, HwPeriodic, LSBFlip, MSBFlip, RandomValue, StuckAt, apply_draw, corrupt,
     draw_faults, fault_values, get_fault, list_faults, make_generator,
 )
-from qfault.faults._apply import SMALL_DRAW, _small_path, hw_periodic_mask, hw_periodic_pattern
+from qfault.faults._apply import (
+    SMALL_DRAW, _scalar, _small_path, hw_periodic_mask, hw_periodic_pattern, xor_values_numpy,
+)
 from qfault.formats import FixedPoint, FloatFormat, IntFormat
 from test_sampling import chi2_pvalue  # one chi-square helper for the fault tests
 
@@ -943,11 +945,33 @@ def small_cases(draw):
                               min_size=k, max_size=k))
     values = torch.tensor([(c + f) * scale for c, f in zip(codes, fractions)], dtype=torch.float32)
     masks = torch.tensor(draw(st.lists(st.integers(0, (1 << bits) - 1), min_size=k, max_size=k)), dtype=torch.int64)
-    kind = draw(st.sampled_from(["float", "tensor", "none"]))
-    scale_arg = {"float": float(np.float32(scale)), "tensor": torch.tensor(scale, dtype=torch.float32),
-                 "none": None}[kind]
-    zero = draw(st.sampled_from([None, 0, 3, torch.tensor(2, dtype=torch.int32)])) if not signed else None
+    kind = draw(st.sampled_from(["float", "tensor", "none", "array"]))
+    if kind == "array":  # one scale per value, as per-channel weights have
+        factors = draw(st.lists(st.sampled_from([1.0, 0.5, 2.0, 0.7]), min_size=k, max_size=k))
+        scale_arg = torch.tensor([scale * f for f in factors], dtype=torch.float32)
+    else:
+        scale_arg = {"float": float(np.float32(scale)), "tensor": torch.tensor(scale, dtype=torch.float32),
+                     "none": None}[kind]
+    zeros = [None, 0, 3, torch.tensor(2, dtype=torch.int32),
+             torch.tensor(draw(st.lists(st.integers(0, 5), min_size=k, max_size=k)), dtype=torch.int32)]
+    zero = draw(st.sampled_from(zeros)) if not signed else None
     return fmt, values, masks, scale_arg, zero
+
+
+def _as_numpy(param):
+    return param.numpy() if isinstance(param, torch.Tensor) and param.dim() else _scalar(param)
+
+
+@settings(max_examples=300, deadline=None)
+@given(small_cases())
+def test_numpy_codec_equals_the_tensor_codec(case):
+    """The numpy codec of the CPU weight path, with per-value scales and zero points."""
+    fmt, values, masks, scale, zero = case
+    draw = FaultDraw(torch.arange(len(values)), "xor", masks, None, None)
+    fast = xor_values_numpy(fmt, values.numpy(), masks.numpy(), _as_numpy(scale), _as_numpy(zero))
+    slow = fault_values(fmt, values, draw, scale, zero, finite=False)  # the tensor codec
+    for a, b in zip(fast, slow):
+        assert torch.equal(torch.from_numpy(a), b)
 
 
 @settings(max_examples=300, deadline=None)
@@ -955,7 +979,9 @@ def small_cases(draw):
 def test_small_numpy_path_equals_the_tensor_codec(case):
     fmt, values, masks, scale, zero = case
     draw = FaultDraw(torch.arange(len(values)), "xor", masks, None, None)
-    assert _small_path(fmt, values, draw, scale, zero)
+    if not _small_path(fmt, values, draw, scale, zero):
+        assert _as_numpy(scale) is not None or _as_numpy(zero) is not None  # per-value parameters
+        return
     fast = fault_values(fmt, values, draw, scale, zero, finite=True)
     slow = fault_values(fmt, values, draw, scale, zero, finite=False)  # the tensor codec
     for a, b in zip(fast, slow):

@@ -79,6 +79,22 @@ def test_distinct_sorted_unique_in_range(n, k):
         assert distinct(n, k, gen).tolist() == list(range(n))
 
 
+def _distinct_by_resorting(n: int, k: int, gen: torch.Generator) -> list[int]:
+    """The rejection path written the plain way: redraw the shortfall, re-sort everything."""
+    have = sorted(set(torch.randint(n, (k,), generator=gen, dtype=torch.int64).tolist()))
+    while len(have) < k:
+        have = sorted(set(have) | set(torch.randint(n, (k - len(have),), generator=gen, dtype=torch.int64).tolist()))
+    return have
+
+
+@pytest.mark.parametrize("n, k", [(40, 10), (400, 100), (10**4, 300), (10**6, 2000), (64, 16)])
+def test_distinct_merge_of_redraws_equals_resorting(n, k):
+    # dense enough that redraws happen, of a few positions (merged) and of many (re-sorted)
+    for seed in range(30):
+        fast = distinct(n, k, make_generator("merge", n, k, seed)).tolist()
+        assert fast == _distinct_by_resorting(n, k, make_generator("merge", n, k, seed))
+
+
 def test_distinct_rejects_bad_k():
     gen = make_generator(1)
     with pytest.raises(ValueError):

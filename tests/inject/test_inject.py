@@ -209,6 +209,75 @@ def test_context_manager_removes():
     assert_clean_module(model)
 
 
+def _weights_seen(model: nn.Module) -> tuple[dict, list]:
+    """Forward pre-hooks that copy each Conv/Linear weight as the forward sees it."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=name: seen.__setitem__(n, mod.weight.detach().clone()))
+             for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return seen, hooks
+
+
+@pytest.mark.parametrize("fmt", [IntFormat(8), IntFormat(8, signed=False), IntFormat(4, range="narrow", rounding="half_up"),
+                                 IntFormat(3, signed=False, rounding="half_up"), "fixed_scale"])
+def test_cpu_weight_fast_path_equals_the_tensor_path(fmt, monkeypatch):
+    """Under no_grad the CPU weight group computes and writes through numpy; with grad it uses
+    tensor operations. Both must fault the same weights to the same values and codes."""
+    from qfault.inject._api import _ParamGroup
+
+    taken = []
+    original = _ParamGroup._prepare_numpy
+    monkeypatch.setattr(_ParamGroup, "_prepare_numpy",
+                        lambda self, *a: taken.append(1) or original(self, *a))
+    spec = dict(fault=BitFlip(ber=0.05), site="weight", persistence="permanent", seed=11)
+    spec.update(format="int8", scale=0.01) if fmt == "fixed_scale" else spec.update(format=fmt)
+    model = float_model()
+    state = state_copy(model)
+    x = inputs()
+    seen, hooks = _weights_seen(model)
+    with inject(model, InjectSpec(**spec)) as handle:
+        rec = Recorder()
+        handle.add_listener(rec)
+        with torch.no_grad():
+            y_fast = model(x)
+        fast_weights, fast_calls = dict(seen), rec.signature()
+        assert taken  # the numpy path ran
+        rec.clear()
+        y_tensor = model(x)  # grad enabled: faulty copies built with tensor operations
+        assert len(taken) == 1
+        assert rec.signature() == fast_calls
+    for hook in hooks:
+        hook.remove()
+    assert torch.equal(y_fast, y_tensor.detach())
+    for name, weight in fast_weights.items():
+        assert torch.equal(weight, seen[name]), name
+    assert any(not torch.equal(w, state[f"{n}.weight"]) for n, w in fast_weights.items())
+    assert_state_equal(model, state)
+
+
+def test_cpu_weight_fast_path_leaves_non_finite_weights_alone():
+    model = float_model()
+    with torch.no_grad():
+        model[0].weight.view(-1)[::2] = float("nan")
+        model[3].weight.view(-1)[0] = float("inf")
+    state = state_copy(model)
+    seen, hooks = _weights_seen(model)
+    spec = InjectSpec(fault=BitFlip(ber=0.3), site="weight", format="int8", persistence="permanent", seed=2)
+    with inject(model, spec):
+        with torch.no_grad():
+            model(inputs())
+        fast = dict(seen)
+        model(inputs())
+    for hook in hooks:
+        hook.remove()
+    for name, weight in fast.items():
+        assert torch.equal(weight.isnan(), seen[name].isnan()), name
+        assert torch.equal(weight.nan_to_num(), seen[name].nan_to_num()), name
+        clean = state[f"{name}.weight"]
+        assert torch.equal(weight.isnan(), clean.isnan()) and torch.equal(weight.isinf(), clean.isinf())
+    assert not torch.equal(fast["3"].nan_to_num(), state["3.weight"].nan_to_num())  # finite ones faulted
+    assert torch.equal(model[0].weight.isnan(), state["0.weight"].isnan())
+
+
 def test_no_grad_inplace_and_grad_clone_paths_agree():
     model = float_model()
     clean_model = copy.deepcopy(model)

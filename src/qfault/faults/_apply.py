@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -85,8 +86,9 @@ class FaultRecord:
         return self.old != self.new
 
 
+@functools.lru_cache(maxsize=512)
 def resolve_bits(bits: tuple | None, fmt: NumberFormat) -> torch.Tensor:
-    """Bit positions (int64, sorted, unique) allowed by a fault's ``bits`` field."""
+    """Bit positions (int64, sorted, unique) allowed by a fault's ``bits`` field (read only)."""
     if bits is None:
         return torch.arange(fmt.bits, dtype=torch.int64)
     out = []
@@ -125,7 +127,12 @@ def _bit_level(numel: int, fmt: NumberFormat, fault, gen: torch.Generator, *, p:
         if count > population:
             raise QFaultConfigError("count", count, f"at most {population} (bits available in the tensor)")
         flat = distinct(population, count, gen)
-    elements, bits = np.divmod(flat.numpy(), allowed.numel())
+    per_element = allowed.numel()
+    if per_element & (per_element - 1) == 0:  # a power of two: shift and mask beat a division
+        shift = per_element.bit_length() - 1
+        elements, bits = np.right_shift(flat.numpy(), shift), np.bitwise_and(flat.numpy(), per_element - 1)
+    else:
+        elements, bits = np.divmod(flat.numpy(), per_element)
     if fault.bits is not None:
         bits = allowed.numpy()[bits]
     return torch.from_numpy(elements), torch.from_numpy(bits)
@@ -375,22 +382,49 @@ def _small_fault_values(fmt: IntFormat, values: torch.Tensor, draw: FaultDraw, s
     """:func:`fault_values` of a few finite float32 values on the CPU under XOR faults with a
     per-tensor scale: the same IEEE float32 operations in numpy, whose dispatch costs a fraction
     of torch's on tiny arrays (this is the hot path of one bit flip per image at batch 1)."""
-    v = values.numpy()
-    scale, zero = _scalar(scale), _scalar(zero_point)
-    q = v if scale is None else v / np.float32(scale)
-    q = np.floor(q + np.float32(0.5)) if fmt.rounding == "half_up" else np.rint(q)
-    if zero:
-        q = q + np.float32(zero)
-    old = np.clip(q, fmt.code_min, fmt.code_max).astype(np.int32)
-    patterns = (old & fmt.bit_mask) ^ draw.mask.numpy().astype(np.int32)
-    new = patterns if not fmt.signed else (patterns ^ (1 << (fmt.bits - 1))) - (1 << (fmt.bits - 1))
-    faulty = new.astype(np.float32)
-    if zero:
-        faulty = faulty - np.float32(zero)
-    if scale is not None:
-        faulty = faulty * np.float32(scale)
-    faulty = np.where(new != old, faulty, v)
+    old, new, faulty = xor_values_numpy(fmt, values.numpy(), draw.mask.numpy(), _scalar(scale), _scalar(zero_point))
     return torch.from_numpy(old), torch.from_numpy(new), torch.from_numpy(faulty)
+
+
+def xor_values_numpy(fmt: IntFormat, values: np.ndarray, mask: np.ndarray, scale=None, zero=None):
+    """The tensor codec of :func:`fault_values` for XOR faults on finite float32 ``values``, in
+    numpy: ``(old codes int32, new codes int32, faulty float32)``, bit-identical to the torch path.
+
+    ``scale`` is None, a number or a float32 array per value; ``zero`` None, a number or an
+    array per value (zero points are small integers, exact in float32).
+    """
+    if isinstance(scale, np.ndarray):
+        scale = scale.astype(np.float32, copy=False)
+    elif scale is not None:
+        scale = np.float32(scale)
+    if isinstance(zero, np.ndarray):
+        zero = zero.astype(np.float32, copy=False) if zero.any() else None
+    elif zero:
+        zero = np.float32(zero)
+    else:
+        zero = None
+    q = values if scale is None else values / scale
+    if fmt.rounding == "half_up":
+        q = np.floor(q + np.float32(0.5))
+    else:
+        q = np.rint(q, out=None if q is values else q)
+    if zero is not None:
+        q += zero
+    # clamp (np.clip's wrapper costs more than the two ufuncs)
+    np.minimum(np.maximum(q, np.float32(fmt.code_min), out=q), np.float32(fmt.code_max), out=q)
+    old = q.astype(np.int32)
+    patterns = (old & fmt.bit_mask) ^ mask
+    if fmt.signed:  # sign-extend the b-bit pattern
+        sign = 1 << (fmt.bits - 1)
+        np.bitwise_xor(patterns, sign, out=patterns)
+        np.subtract(patterns, sign, out=patterns)
+    new = patterns.astype(np.int32, copy=False)
+    faulty = new.astype(np.float32)
+    if zero is not None:
+        faulty -= zero
+    if scale is not None:
+        faulty *= scale
+    return old, new, np.where(new != old, faulty, values)
 
 
 def _param_at(param, x: torch.Tensor, axis: int | None, index: torch.Tensor):

@@ -8,6 +8,7 @@ seed gives the same faults on CPU and CUDA.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 
@@ -51,9 +52,14 @@ def binomial(n: int, p: float, generator: torch.Generator) -> int:
         return 0
     if p >= 1.0:
         return n
-    count = torch.full((1,), float(n), dtype=torch.float64)
-    prob = torch.full((1,), p, dtype=torch.float64)
+    count, prob = _binomial_operands(n, p)
     return int(torch.binomial(count, prob, generator=generator))
+
+
+@functools.lru_cache(maxsize=256)
+def _binomial_operands(n: int, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one-element count and probability tensors of ``torch.binomial`` (read only)."""
+    return torch.full((1,), float(n), dtype=torch.float64), torch.full((1,), p, dtype=torch.float64)
 
 
 @torch.no_grad()
@@ -75,7 +81,12 @@ def distinct(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
     have = _sorted_unique(torch.randint(n, (k,), generator=generator, dtype=torch.int64).numpy())
     while have.size < k:
         more = torch.randint(n, (k - have.size,), generator=generator, dtype=torch.int64).numpy()
-        have = _sorted_unique(np.concatenate([have, more]))
+        if more.size <= 8:  # the usual case: merge a few positions without sorting everything again
+            at = have.searchsorted(more)
+            new = {int(v) for v, i in zip(more.tolist(), at.tolist()) if i == have.size or have[i] != v}
+            have = np.insert(have, have.searchsorted(sorted(new)), sorted(new)) if new else have
+        else:
+            have = _sorted_unique(np.concatenate([have, more]))
     return torch.from_numpy(have)
 
 

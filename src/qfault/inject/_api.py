@@ -20,7 +20,7 @@ from ..faults import (
     fault_values, make_generator, uniform_index,
 )
 from ..formats import FloatFormat, IntFormat, NumberFormat, calibrate
-from ..faults._apply import _group_bit_sites
+from ..faults._apply import XOR, _group_bit_sites, xor_values_numpy
 from ..formats._base import gather_param
 from ._grad import replace_at
 from ._spec import InjectSpec, Mode, Site
@@ -414,10 +414,12 @@ class _ParamGroup:
         return draw
 
     @torch.no_grad()
-    def prepare(self, modules: list[nn.Module]) -> dict[int, tuple]:
+    def prepare(self, modules: list[nn.Module], grad_enabled: bool = False) -> dict[int, tuple]:
         """Draw this forward's faults and compute every faulted value (O(number of faults)).
 
-        Returns ``{id(site): (index, clean values, faulty values)}`` for the active sites.
+        ``grad_enabled`` is the caller's grad mode (this method runs under ``no_grad``).
+        Returns ``{id(site): (index, clean values, faulty values)}`` for the active sites, plus
+        the parameter's numpy view as a fourth item where the values are numpy arrays.
         """
         active = [site.active(module.training) for site, module in zip(self.sites, modules)]
         if not any(active):
@@ -429,6 +431,11 @@ class _ParamGroup:
             return {}
         fmt = self.spec.format
         draw = self._draw(tables)
+        observe = self.spec.track_statistics or bool(self.handle._listeners)
+        if self._numpy_route(params, draw, fmt, grad_enabled):
+            out = self._prepare_numpy(params, active, draw, tables, observe)
+            if out is not None:
+                return out
         index = draw.index
         # the draw's indices are sorted: a handful of searches splits them by parameter
         bounds = torch.searchsorted(index, tables["ends"])
@@ -444,7 +451,6 @@ class _ParamGroup:
             scale = tables["scale"][channel]
             zero = None if tables["zero"] is None else tables["zero"][channel]
         old, new, faulty = fault_values(fmt, clean, draw, scale, zero)
-        observe = self.spec.track_statistics or bool(self.handle._listeners)
         ends = torch.tensor(counts).cumsum(0).tolist() if observe else [0] * len(counts)
         parts = zip(self.sites, params, active, local_parts, clean.split(counts), faulty.split(counts),
                     old.split(counts), new.split(counts), ends)
@@ -460,6 +466,66 @@ class _ParamGroup:
                     site._record(param, fmt, scale_, zero_, axis_, o, n, c, f)
                 self.handle._notify(site, site_draw, o, n)
         return out
+
+    @staticmethod
+    def _numpy_route(params: list[torch.Tensor], draw: FaultDraw, fmt: NumberFormat, grad_enabled: bool) -> bool:
+        """Whether this forward's faults can be computed and written through numpy views: XOR
+        faults in an int format on contiguous float32 CPU parameters written in place (a few
+        thousand faults cost a few numpy calls instead of ~30 torch operations per tensor).
+        Never while autograd records: it would not see the in-place writes."""
+        if not (isinstance(fmt, IntFormat) and draw.op == XOR and draw.index.device.type == "cpu"):
+            return False
+        if grad_enabled and any(p.requires_grad for p in params):
+            return False
+        return all(p.dtype == torch.float32 and p.device.type == "cpu" and p.is_contiguous() for p in params)
+
+    def _prepare_numpy(self, params: list[torch.Tensor], active: list[bool], draw: FaultDraw, tables: dict,
+                       observe: bool) -> dict[int, tuple] | None:
+        """:meth:`prepare` in numpy (see :meth:`_numpy_route`); None when a faulted value is not
+        finite (the tensor codec keeps those as they are)."""
+        fmt = self.spec.format
+        arrays = tables.get("numpy")
+        if arrays is None:
+            arrays = {key: tables[key].numpy() for key in ("ends", "starts", "channel_start", "inner", "scale")}
+            zero = tables["zero"]
+            arrays["zero"] = None if zero is None else zero.numpy().astype(np.float32)
+            tables["numpy"] = arrays
+        index = draw.index.numpy()
+        bounds = index.searchsorted(arrays["ends"])
+        owner = arrays["ends"].searchsorted(index, side="right")
+        local = index - arrays["starts"][owner]
+        views = self._numpy_views(params, tables)
+        ranges = list(zip([0] + bounds[:-1].tolist(), bounds.tolist()))
+        clean = np.concatenate([view[local[lo:hi]] for view, (lo, hi) in zip(views, ranges)])
+        if not np.isfinite(clean.sum()) and not np.isfinite(clean).all():  # the sum is one cheap check
+            return None
+        channel = arrays["channel_start"][owner] + local // arrays["inner"][owner]
+        zero = None if arrays["zero"] is None else arrays["zero"][channel]
+        old, new, faulty = xor_values_numpy(fmt, clean, draw.mask.numpy(), arrays["scale"][channel], zero)
+        out = {}
+        for site, param, view, is_active, (lo, hi) in zip(self.sites, params, views, active, ranges):
+            if not is_active:
+                continue
+            out[id(site)] = (local[lo:hi], clean[lo:hi], faulty[lo:hi], view)
+            if observe:
+                site_draw = self._site_draw(draw, torch.from_numpy(local[lo:hi]), lo, hi, draw.index, tables,
+                                            site, param)
+                o, n, c, f = (torch.from_numpy(a[lo:hi]) for a in (old, new, clean, faulty))
+                if site.spec.track_statistics:
+                    scale_, zero_, axis_ = site.float_qparams(param, fmt, is_weight=True)
+                    site._record(param, fmt, scale_, zero_, axis_, o, n, c, f)
+                self.handle._notify(site, site_draw, o, n)
+        return out
+
+    @staticmethod
+    def _numpy_views(params: list[torch.Tensor], tables: dict) -> list[np.ndarray]:
+        """Flat numpy views of the parameters' memory, kept while their storage stays the same."""
+        key = tuple(param.data_ptr() for param in params)
+        cached = tables.get("views")
+        if cached is None or cached[0] != key:
+            cached = (key, [param.detach().view(-1).numpy() for param in params])
+            tables["views"] = cached
+        return cached[1]
 
     def _site_draw(self, draw: FaultDraw, local: torch.Tensor, lo: int, hi: int, index: torch.Tensor,
                    tables: dict, site: _SiteRuntime, param: torch.Tensor) -> FaultDraw:
@@ -650,15 +716,23 @@ class InjectionHandle:
         """Fault every active float-parameter site for the duration of this forward."""
         by_site = dict(zip(map(id, self._param_sites), modules))
         prepared: dict[int, tuple] = {}
+        grad_enabled = torch.is_grad_enabled()
         for group in self.param_groups:
-            prepared.update(group.prepare([by_site[id(s)] for s in group.sites]))
+            prepared.update(group.prepare([by_site[id(s)] for s in group.sites], grad_enabled))
         for site, module in zip(self._param_sites, modules):
             pname = site.spec.site.value
             param = module._parameters.get(pname)
             if param is None or not site.active(module.training):
                 continue
             if id(site) in prepared:
-                index, clean, faulty = prepared[id(site)]
+                entry = prepared[id(site)]
+                if len(entry) == 4:  # numpy route: write through the parameter's own memory
+                    index, clean, faulty, view = entry
+                    if index.size:
+                        view[index] = faulty
+                        self._restore.append(lambda v=view, i=index, c=clean: v.__setitem__(i, c))
+                    continue
+                index, clean, faulty = entry
             else:
                 fmt = site.spec.format
                 scale, zero, axis = site.float_qparams(param, fmt, is_weight=True)
