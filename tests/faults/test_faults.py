@@ -18,7 +18,8 @@ from qfault.faults import (
     draw_faults, fault_values, get_fault, list_faults, make_generator,
 )
 from qfault.faults._apply import (
-    SMALL_DRAW, _scalar, _small_path, hw_periodic_mask, hw_periodic_pattern, xor_values_numpy,
+    SMALL_DRAW, ScalarDraw, _scalar, _small_path, hw_periodic_mask, hw_periodic_pattern, xor_scalars,
+    xor_values_numpy,
 )
 from qfault.formats import FixedPoint, FloatFormat, IntFormat
 from test_sampling import chi2_pvalue  # one chi-square helper for the fault tests
@@ -986,6 +987,45 @@ def test_small_numpy_path_equals_the_tensor_codec(case):
     slow = fault_values(fmt, values, draw, scale, zero, finite=False)  # the tensor codec
     for a, b in zip(fast, slow):
         assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(small_cases())
+def test_python_scalar_codec_equals_the_tensor_codec(case):
+    """The codec of a few flips at batch 1, in Python floats rounded to float32 at every step."""
+    fmt, values, masks, scale, zero = case
+    scale, zero = _as_numpy(scale), _as_numpy(zero)
+    if isinstance(scale, np.ndarray) or isinstance(zero, np.ndarray):
+        return  # per-value parameters are not what the scalar codec serves
+    draw = FaultDraw(torch.arange(len(values)), "xor", masks, None, None)
+    old, new, faulty = xor_scalars(fmt, values.tolist(), masks.tolist(), scale, zero)
+    slow = fault_values(fmt, values, draw, scale, zero, finite=False)  # the tensor codec
+    assert old == slow[0].tolist() and new == slow[1].tolist()
+    assert torch.equal(torch.tensor(faulty, dtype=torch.float32), slow[2])
+
+
+@pytest.mark.parametrize("rounding", ["half_even", "half_up"])
+def test_python_scalar_codec_at_the_edges_of_float32(rounding):
+    fmt = IntFormat(8, rounding=rounding)
+    big = float(np.finfo(np.float32).max)
+    values = [big, -big, 1e-45, -1e-45, 0.0, -0.0, 2.5 * 2**-20, 3.0e38]
+    masks = [1, 128, 2, 255, 64, 1, 3, 0]
+    for scale in (2**-20, 1e-3, 0.1, 3.3, None, 1e-40):
+        draw = FaultDraw(torch.arange(len(values)), "xor", torch.tensor(masks), None, None)
+        slow = fault_values(fmt, torch.tensor(values, dtype=torch.float32), draw, scale, None, finite=False)
+        old, new, faulty = xor_scalars(fmt, values, masks, scale, None)
+        assert old == slow[0].tolist() and new == slow[1].tolist(), scale
+        assert torch.equal(torch.tensor(faulty, dtype=torch.float32), slow[2]), scale
+
+
+def test_scalar_draw_fields_equal_a_tensor_draw():
+    draw = ScalarDraw([3, 17, 40], [0, 7, 2])
+    assert len(draw) == 3 and draw.to("cpu") is draw and draw.op == "xor" and draw.value is None
+    assert draw.index.tolist() == [3, 17, 40] and draw.index.dtype == torch.int64
+    assert draw.mask.tolist() == [1, 128, 4]
+    assert draw.bit_sites.tolist() == [[3, 0], [17, 7], [40, 2]]
+    moved = draw.offset(100)
+    assert moved.index.tolist() == [103, 117, 140] and moved.bit_sites[:, 0].tolist() == [103, 117, 140]
 
 
 def test_small_path_only_where_it_is_exact():

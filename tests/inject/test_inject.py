@@ -624,6 +624,36 @@ def test_per_image_one_bitflip_per_image():
     handle.remove()
 
 
+@pytest.mark.parametrize("batch", [1, 2, 4, 5, 64])
+@pytest.mark.parametrize("fmt", [IntFormat(8), IntFormat(4, rounding="half_up"), IntFormat(8, range="narrow")])
+def test_per_image_flip_fast_paths_equal_the_tensor_path(batch, fmt):
+    """Outside autograd one flip per image runs in Python numbers (batch <= 4) or numpy; with
+    autograd recording, in tensor operations. Same seed: the same faulty outputs and records."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3)).eval()
+    x = inputs((batch, 3, 6, 6))
+    spec = InjectSpec(fault=BitFlip(count=1), site="output", types=("Conv2d",), format=fmt, per_image=True, seed=8)
+    runs = []
+    for grad in (False, True):
+        outs, rec = [], Recorder()
+        with inject(model, spec) as handle:
+            handle.add_listener(rec)
+            # registered after inject: they see the faulty outputs
+            hooks = [m.register_forward_hook(lambda m, a, o: outs.append(o.detach()))
+                     for m in model if isinstance(m, nn.Conv2d)]
+            with torch.set_grad_enabled(grad):
+                for _ in range(4):
+                    assert model(x).requires_grad == grad
+        for hook in hooks:
+            hook.remove()
+        runs.append((outs, rec.signature()))
+    (fast_outs, fast_calls), (tensor_outs, tensor_calls) = runs
+    assert fast_calls == tensor_calls
+    assert all(torch.equal(a, b) for a, b in zip(fast_outs, tensor_outs))
+    clean = model[0](x)
+    assert sum(int((o != clean).any()) for o in fast_outs[::2]) > 0  # the faults changed values
+
+
 # --------------------------------------------------------------------------------------------
 # 8. statistics
 

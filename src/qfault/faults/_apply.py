@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,6 +39,8 @@ class FaultDraw:
     mask: torch.Tensor
     value: torch.Tensor | None = None
     bit_sites: torch.Tensor | None = None
+    #: the CPU ``(index, mask)`` as numpy arrays sharing their memory, where the draw made them
+    arrays: tuple | None = field(default=None, repr=False, compare=False)
 
     def to(self, device: torch.device | str) -> "FaultDraw":
         if self.index.device == (device if isinstance(device, torch.device) else torch.device(device)):
@@ -62,6 +65,75 @@ class FaultDraw:
 
     def __len__(self) -> int:
         return int(self.index.numel())
+
+
+class ScalarDraw(FaultDraw):
+    """A few XOR bit flips kept as Python ints, one per distinct element, elements ascending;
+    the tensor fields are built on first access. At batch 1 a flip per image is one element, and
+    any tensor or array operation costs more than its arithmetic."""
+
+    def __init__(self, elements: list[int], bits: list[int]):
+        self.elements, self.bits = elements, bits
+        self.op, self.value, self.arrays = XOR, None, None
+        self._tensors: tuple | None = None
+
+    def _materialize(self) -> tuple:
+        if self._tensors is None:
+            elements = torch.tensor(self.elements, dtype=torch.int64)
+            bits = torch.tensor(self.bits, dtype=torch.int64)
+            self._tensors = (elements, torch.bitwise_left_shift(1, bits), torch.stack([elements, bits], 1))
+        return self._tensors
+
+    index = property(lambda self: self._materialize()[0])
+    mask = property(lambda self: self._materialize()[1])
+    bit_sites = property(lambda self: self._materialize()[2])
+
+    def to(self, device: torch.device | str) -> FaultDraw:
+        return self if torch.device(device).type == "cpu" else super().to(device)
+
+    def __len__(self) -> int:
+        return len(self.elements)
+
+
+def xor_scalars(fmt: IntFormat, values: list[float], masks: list[int], scale: float | None = None,
+                zero: int | None = None) -> tuple[list[int], list[int], list[float]]:
+    """The float32 tensor codec of :func:`fault_values` for XOR faults on a few finite float32
+    ``values``, in Python arithmetic: ``(old codes, new codes, faulty values)``.
+
+    Exact: each float32 operation (a quotient, sum or product of two float32 numbers) is
+    computed in double and rounded once to float32, which gives the float32 result.
+    """
+    olds, news, faulty = [], [], []
+    zero = zero or 0
+    scale = None if scale is None else _float32(scale)  # the tensor codec computes in float32
+    sign = 1 << (fmt.bits - 1)
+    for value, mask in zip(values, masks):  # a handful of faults, not the tensor's elements
+        q = value if scale is None else _float32(value / scale)
+        if math.isinf(q):  # a quotient beyond float32 clamps to the range's end
+            old = fmt.code_max if q > 0 else fmt.code_min
+        else:
+            q = math.floor(_float32(q + 0.5)) if fmt.rounding == "half_up" else round(q)
+            old = min(max(q + zero, fmt.code_min), fmt.code_max)
+        pattern = (old & fmt.bit_mask) ^ mask
+        new = (pattern ^ sign) - sign if fmt.signed else pattern
+        result = float(new - zero)
+        if scale is not None:
+            result = _float32(result * scale)
+        olds.append(old)
+        news.append(new)
+        faulty.append(result if new != old else value)
+    return olds, news, faulty
+
+
+_FLOAT32 = struct.Struct("f")
+
+
+def _float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (ties to even), as a Python float."""
+    try:
+        return _FLOAT32.unpack(_FLOAT32.pack(value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)
 
 
 @dataclass

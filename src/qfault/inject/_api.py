@@ -20,7 +20,9 @@ from ..faults import (
     fault_values, make_generator, uniform_index,
 )
 from ..formats import FloatFormat, IntFormat, NumberFormat, calibrate
-from ..faults._apply import XOR, _group_bit_sites, xor_values_numpy
+from ..faults._apply import (
+    SMALL_DRAW, XOR, ScalarDraw, _float32, _group_bit_sites, xor_scalars, xor_values_numpy,
+)
 from ..formats._base import gather_param
 from ._grad import replace_at
 from ._spec import InjectSpec, Mode, Site
@@ -130,6 +132,7 @@ class _SiteRuntime:
         self.position = position  # index among the spec's selected modules
         self.stats = SiteStats(name=f"{name or '<model>'}:{spec.site.value}", layer_id=layer_id)
         self.counter = 0
+        self._scratch_generator: torch.Generator | None = None  # reseeded for every draw that uses it
         self.permanent_draws: dict[tuple, FaultDraw] = {}
         self.weight_qparams: tuple | None = None
         self.block_numel = 0  # elements per trial block of the last stacked draw
@@ -193,7 +196,12 @@ class _SiteRuntime:
                 draw = _expand_over_batch(draw, shape[0], math.prod(domain))
             return draw
         if spec.per_image and batched and len(shape) > 1:
-            fast = _one_flip_per_image(spec.fault, shape, fmt, self._seed("transient", self.counter, base))
+            if self._scratch_generator is None:
+                self._scratch_generator = torch.Generator()
+            observed = spec.track_statistics or bool(self.handle._listeners)
+            fast = _one_flip_per_image(spec.fault, shape, fmt,
+                                       self._scratch_generator.manual_seed(self._seed("transient", self.counter, base)),
+                                       observed)
             if fast is not None:
                 return fast.to(device)
             return _per_image_draw(spec.fault, shape, fmt, self._generator("transient", self.counter, base)).to(device)
@@ -245,8 +253,51 @@ class _SiteRuntime:
             if self.spec.track_statistics:
                 self.stats.record(x.numel(), 0, 0.0, 0.0, 0.0, 0.0)
             return x
+        if finite and self._numpy_corruptible(x, fmt, scale, zero_point, axis, draw):
+            return self._corrupt_numpy(x, fmt, scale, zero_point, draw)
         _, faulty = self.faulty_values(x, fmt, scale, zero_point, axis, draw, finite)
         return replace_at(x, draw.index, faulty, self.spec.gradient)
+
+    def _numpy_corruptible(self, x: torch.Tensor, fmt: NumberFormat, scale, zero_point, axis,
+                           draw: FaultDraw) -> bool:
+        """A few XOR faults in a contiguous float32 CPU tensor with a per-tensor scale, outside
+        autograd and stacked trials: :meth:`_corrupt_numpy` gives the same result."""
+        return (len(draw) <= SMALL_DRAW and draw.op == XOR and axis is None and isinstance(fmt, IntFormat)
+                and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
+                and not (x.requires_grad and torch.is_grad_enabled()) and self.handle.trial_seeds is None
+                and (scale is None or isinstance(scale, float))
+                and (zero_point is None or isinstance(zero_point, int)))
+
+    def _corrupt_numpy(self, x: torch.Tensor, fmt: IntFormat, scale, zero_point, draw: FaultDraw) -> torch.Tensor:
+        """:meth:`corrupt` through numpy views: at batch 1 a tensor operation costs more than the
+        arithmetic of a few faulted values, so read, code, flip and write them in numpy (or, for
+        a :class:`ScalarDraw`, in Python numbers)."""
+        if isinstance(draw, ScalarDraw):
+            out = x.clone()  # outside autograd: a plain tensor whose memory numpy may write
+            target = out.numpy()
+            values = [target.item(element) for element in draw.elements]
+            old, new, faulty = xor_scalars(fmt, values, [1 << bit for bit in draw.bits], scale, zero_point)
+            if self.spec.track_statistics or self.handle._listeners:
+                old_t, new_t = torch.tensor(old, dtype=torch.int32), torch.tensor(new, dtype=torch.int32)
+                if self.spec.track_statistics:
+                    self._record(x, fmt, scale, zero_point, None, old_t, new_t, torch.tensor(values),
+                                 torch.tensor(faulty))
+                self.handle._notify(self, draw, old_t, new_t)
+            target.put(draw.elements, faulty)
+            return out
+        source = (x.detach() if x.requires_grad else x).numpy()
+        index, mask = draw.arrays if draw.arrays is not None else (draw.index.numpy(), draw.mask.numpy())
+        values = source.reshape(-1)[index]
+        old, new, faulty = xor_values_numpy(fmt, values, mask, scale, zero_point)
+        if self.spec.track_statistics or self.handle._listeners:
+            old_t, new_t = torch.from_numpy(old), torch.from_numpy(new)
+            if self.spec.track_statistics:
+                self._record(x, fmt, scale, zero_point, None, old_t, new_t, torch.from_numpy(values),
+                             torch.from_numpy(faulty))
+            self.handle._notify(self, draw, old_t, new_t)
+        out = x.clone()
+        out.numpy().reshape(-1)[index] = faulty
+        return out
 
     # -- float tensors need a format ---------------------------------------------------------
     def float_qparams(self, x: torch.Tensor, fmt: NumberFormat, is_weight: bool):
@@ -269,17 +320,36 @@ class _SiteRuntime:
             zero = None if fmt.signed else zero.to(x.device).repeat_interleave(per_image)
             return scale.to(x.device).repeat_interleave(per_image), zero, 0
         if fmt.signed and x.numel():  # per-tensor symmetric scale as a Python number
-            low, high = torch.aminmax(x.detach())
-            if x.device.type == "cpu":  # the same float32 steps as calibrate(), on two scalars
+            if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float16, torch.bfloat16) \
+                    and fmt.code_max > 0:
+                # calibrate()'s float32 steps on two scalars: max and negation are exact, and a
+                # quotient of float32 numbers computed in double and rounded once to float32 is
+                # the float32 quotient
+                low, high = torch.aminmax(x.detach())
+                low, high = low.item(), high.item()
+                if not (math.isfinite(low) and math.isfinite(high)):
+                    return self._calibrated(x, fmt)
+                scale = _float32(max(high, -low) / fmt.code_max)
+            elif x.device.type == "cpu":
+                low, high = torch.aminmax(x.detach())
                 peak = np.maximum(np.float32(high.item()), np.float32(-low.item()))
                 scale = float(peak / np.float32(fmt.code_max))
             else:
+                low, high = torch.aminmax(x.detach())
                 scale = float(torch.maximum(high, -low).float() / fmt.code_max)
             if math.isfinite(scale):
                 return (scale if scale > 0 else 1.0), None, None
+        return self._calibrated(x, fmt)
+
+    @staticmethod
+    def _calibrated(x: torch.Tensor, fmt: IntFormat):
         scale, zero = calibrate(fmt, x, None)
         return scale, (None if fmt.signed else zero), None
 
+
+
+#: a flip per image in a batch of at most this many images is drawn as a :class:`ScalarDraw`
+SCALAR_FAULTS = 4
 
 
 def _expand_over_batch(draw: FaultDraw, batch: int, per_image: int) -> FaultDraw:
@@ -289,19 +359,35 @@ def _expand_over_batch(draw: FaultDraw, batch: int, per_image: int) -> FaultDraw
                      repeat(draw.value), None)
 
 
-def _one_flip_per_image(fault, shape: tuple[int, ...], fmt: NumberFormat, seed: int) -> FaultDraw | None:
-    """``BitFlip(count=1)`` in each image of a batch: one draw of ``batch`` integers, then numpy
-    on the few picks (cheaper than a dozen tiny tensor operations). None when the fault is not
-    of that kind."""
+def _one_flip_per_image(fault, shape: tuple[int, ...], fmt: NumberFormat, gen: torch.Generator,
+                        observed: bool = True) -> FaultDraw | None:
+    """``BitFlip(count=1)`` in each image of a batch: one draw of ``batch`` integers from the
+    seeded ``gen``, then numpy on the few picks (cheaper than a dozen tiny tensor operations).
+    The (element, bit) sites are listed only when ``observed``. None when the fault is not of
+    that kind."""
     if not (isinstance(fault, BitFlip) and fault.count == 1 and fault.bits is None):
         return None
     batch, per_image = shape[0], math.prod(shape[1:])
-    gen = torch.Generator().manual_seed(seed)
-    picks = torch.randint(per_image * fmt.bits, (batch,), generator=gen, dtype=torch.int64).numpy()
-    elements, bits = np.divmod(picks, fmt.bits)
-    elements += np.arange(batch, dtype=np.int64) * per_image
-    sites = torch.from_numpy(np.stack([elements, bits], axis=1))
-    return FaultDraw(torch.from_numpy(elements), "xor", torch.from_numpy(np.left_shift(1, bits)), None, sites)
+    picks = torch.randint(per_image * fmt.bits, (batch,), generator=gen, dtype=torch.int64)
+    if batch <= SCALAR_FAULTS:
+        elements, bits = [], []
+        for image, pick in enumerate(picks.tolist()):  # at most SCALAR_FAULTS images
+            element, bit = divmod(pick, fmt.bits)
+            elements.append(image * per_image + element)
+            bits.append(bit)
+        return ScalarDraw(elements, bits)
+    elements, bits = np.divmod(picks.numpy(), fmt.bits)
+    if batch > 1:
+        elements += np.arange(0, batch * per_image, per_image, dtype=np.int64)
+    masks = np.left_shift(1, bits)
+    sites = None
+    if observed:
+        sites = np.empty((batch, 2), dtype=np.int64)
+        sites[:, 0], sites[:, 1] = elements, bits
+        sites = torch.from_numpy(sites)
+    draw = FaultDraw(torch.from_numpy(elements), XOR, torch.from_numpy(masks), None, sites)
+    draw.arrays = (elements, masks)
+    return draw
 
 
 def _per_image_draw(fault, shape: tuple[int, ...], fmt: NumberFormat, gen: torch.Generator) -> FaultDraw:
