@@ -16,7 +16,7 @@ from ..formats._base import gather_param
 from ._models import (
     BitFlip, FaultModel, FullFlip, HwPeriodic, LSBFlip, MSBFlip, RandomValue, StuckAt, get_fault,
 )
-from ._sampling import bernoulli_positions, ceil_count, distinct, make_generator
+from ._sampling import bernoulli_array, bernoulli_positions, ceil_count, distinct, distinct_array, make_generator
 
 XOR, STUCK, RANDOM = "xor", "stuck", "random"
 
@@ -67,21 +67,18 @@ class FaultDraw:
         return int(self.index.numel())
 
 
-class ScalarDraw(FaultDraw):
-    """A few XOR bit flips kept as Python ints, one per distinct element, elements ascending;
-    the tensor fields are built on first access. At batch 1 a flip per image is one element, and
-    any tensor or array operation costs more than its arithmetic."""
+class _LazyDraw(FaultDraw):
+    """XOR bit flips kept as Python or numpy values; the tensor fields are built on first access
+    (the CPU fast paths never touch them unless a listener or statistic does)."""
 
-    def __init__(self, elements: list[int], bits: list[int]):
-        self.elements, self.bits = elements, bits
-        self.op, self.value, self.arrays = XOR, None, None
-        self._tensors: tuple | None = None
+    op, value = XOR, None
+
+    def _build(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
 
     def _materialize(self) -> tuple:
         if self._tensors is None:
-            elements = torch.tensor(self.elements, dtype=torch.int64)
-            bits = torch.tensor(self.bits, dtype=torch.int64)
-            self._tensors = (elements, torch.bitwise_left_shift(1, bits), torch.stack([elements, bits], 1))
+            self._tensors = self._build()
         return self._tensors
 
     index = property(lambda self: self._materialize()[0])
@@ -91,8 +88,37 @@ class ScalarDraw(FaultDraw):
     def to(self, device: torch.device | str) -> FaultDraw:
         return self if torch.device(device).type == "cpu" else super().to(device)
 
+
+class ScalarDraw(_LazyDraw):
+    """A few XOR bit flips as Python ints, one per distinct element, elements ascending. At
+    batch 1 a flip per image is one element, and any tensor or array operation costs more than
+    its arithmetic."""
+
+    def __init__(self, elements: list[int], bits: list[int]):
+        self.elements, self.bits = elements, bits
+        self.arrays, self._tensors = None, None
+
+    def _build(self):
+        elements = torch.tensor(self.elements, dtype=torch.int64)
+        bits = torch.tensor(self.bits, dtype=torch.int64)
+        return elements, torch.bitwise_left_shift(1, bits), torch.stack([elements, bits], 1)
+
     def __len__(self) -> int:
         return len(self.elements)
+
+
+class ArrayDraw(_LazyDraw):
+    """XOR bit flips drawn on the CPU as numpy arrays: ``arrays = (index, mask)`` per distinct
+    element and the (element, bit) pairs; the tensors share their memory."""
+
+    def __init__(self, index: np.ndarray, mask: np.ndarray, elements: np.ndarray, bits: np.ndarray):
+        self.arrays, self._pairs, self._tensors = (index, mask), (elements, bits), None
+
+    def _build(self):
+        return torch.from_numpy(self.arrays[0]), torch.from_numpy(self.arrays[1]), _pairs(*self._pairs)
+
+    def __len__(self) -> int:
+        return len(self.arrays[0])
 
 
 def xor_scalars(fmt: IntFormat, values: list[float], masks: list[int], scale: float | None = None,
@@ -174,10 +200,11 @@ def resolve_bits(bits: tuple | None, fmt: NumberFormat) -> torch.Tensor:
     return torch.tensor(sorted(set(out)), dtype=torch.int64)
 
 
-def _group_bit_sites(elements: torch.Tensor, bits: torch.Tensor, values: torch.Tensor | None = None):
-    """Combine (element, bit) pairs, sorted by element, into one pattern per unique element."""
-    el, weights = elements.numpy(), np.left_shift(1, bits.numpy())
-    stuck = None if values is None else weights * values.numpy()
+def _group_bit_sites(elements: np.ndarray, bits: np.ndarray, values: np.ndarray | None = None):
+    """Combine (element, bit) pairs, sorted by element, into one pattern per unique element
+    (numpy in, numpy out): ``(elements, masks, stuck patterns or None)``."""
+    el, weights = elements, np.left_shift(1, bits)
+    stuck = None if values is None else weights * values
     if el.size > 1:
         first = np.empty(el.size, dtype=bool)
         first[0] = True
@@ -186,28 +213,34 @@ def _group_bit_sites(elements: torch.Tensor, bits: torch.Tensor, values: torch.T
             starts = np.flatnonzero(first)
             el, weights = el[starts], np.add.reduceat(weights, starts)
             stuck = None if stuck is None else np.add.reduceat(stuck, starts)
-    return torch.from_numpy(el), torch.from_numpy(weights), None if stuck is None else torch.from_numpy(stuck)
+    return el, weights, stuck
 
 
 def _bit_level(numel: int, fmt: NumberFormat, fault, gen: torch.Generator, *, p: float | None,
-               count: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+               count: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Random (element, bit) pairs sorted by element, as numpy int64 arrays."""
     allowed = resolve_bits(fault.bits, fmt)
-    population = numel * allowed.numel()
+    per_element = allowed.numel()
+    population = numel * per_element
     if p is not None:
-        flat = bernoulli_positions(population, p, gen)
+        flat = bernoulli_array(population, p, gen)
     else:
         if count > population:
             raise QFaultConfigError("count", count, f"at most {population} (bits available in the tensor)")
-        flat = distinct(population, count, gen)
-    per_element = allowed.numel()
+        flat = distinct_array(population, count, gen)
     if per_element & (per_element - 1) == 0:  # a power of two: shift and mask beat a division
-        shift = per_element.bit_length() - 1
-        elements, bits = np.right_shift(flat.numpy(), shift), np.bitwise_and(flat.numpy(), per_element - 1)
+        elements, bits = np.right_shift(flat, per_element.bit_length() - 1), np.bitwise_and(flat, per_element - 1)
     else:
-        elements, bits = np.divmod(flat.numpy(), per_element)
+        elements, bits = np.divmod(flat, per_element)
     if fault.bits is not None:
         bits = allowed.numpy()[bits]
-    return torch.from_numpy(elements), torch.from_numpy(bits)
+    return elements, bits
+
+
+def _pairs(elements: np.ndarray, bits: np.ndarray) -> torch.Tensor:
+    sites = np.empty((elements.size, 2), dtype=np.int64)
+    sites[:, 0], sites[:, 1] = elements, bits
+    return torch.from_numpy(sites)
 
 
 @torch.no_grad()
@@ -223,12 +256,12 @@ def draw_faults(fault: FaultModel, shape: torch.Size | tuple[int, ...], fmt: Num
             if bool(bad.any()):
                 raise QFaultConfigError("sites", tuple(sites[bad][0].tolist()),
                                         f"element < {numel} and bit < {fmt.bits}")
-            sites = torch.unique(sites, dim=0)
-            elements, bits = sites[:, 0], sites[:, 1]
+            sites = torch.unique(sites, dim=0).numpy()
+            elements, bits = sites[:, 0].copy(), sites[:, 1].copy()
         else:
             elements, bits = _bit_level(numel, fmt, fault, gen=generator, p=fault.ber, count=fault.count)
         index, mask, _ = _group_bit_sites(elements, bits)
-        return FaultDraw(index, XOR, mask, None, torch.stack([elements, bits], 1))
+        return ArrayDraw(index, mask, elements, bits)
     if isinstance(fault, StuckAt):
         if fault.rate is None:
             stuck_mask = torch.as_tensor(fault.stuck_mask).reshape(-1).to("cpu", torch.int64)
@@ -240,9 +273,10 @@ def draw_faults(fault: FaultModel, shape: torch.Size | tuple[int, ...], fmt: Num
             mask = stuck_mask[index] & fmt.bit_mask
             return FaultDraw(index, STUCK, mask, stuck_value[index] & mask)
         elements, bits = _bit_level(numel, fmt, fault, gen=generator, p=fault.rate / 100.0, count=None)
-        ones = (torch.rand(elements.numel(), generator=generator, dtype=torch.float64) < fault.p_one).long()
+        ones = (torch.rand(elements.size, generator=generator, dtype=torch.float64) < fault.p_one).long().numpy()
         index, mask, value = _group_bit_sites(elements, bits, ones)
-        return FaultDraw(index, STUCK, mask, value, torch.stack([elements, bits], 1))
+        return FaultDraw(torch.from_numpy(index), STUCK, torch.from_numpy(mask), torch.from_numpy(value),
+                         _pairs(elements, bits))
     if isinstance(fault, (RandomValue, LSBFlip, MSBFlip, FullFlip)):
         index = bernoulli_positions(numel, fault.probability / 100.0, generator)
         return _element_draw(type(fault), index, fmt, generator)

@@ -71,12 +71,17 @@ def distinct(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
     permutation of ``range(n)``, so the resulting ``k``-subset is uniform. Above ``n / 4`` a
     permutation (O(n)) is used.
     """
+    return torch.from_numpy(distinct_array(n, k, generator))
+
+
+def distinct_array(n: int, k: int, generator: torch.Generator) -> np.ndarray:
+    """:func:`distinct` as a numpy int64 array."""
     if k < 0 or k > n:
         raise ValueError(f"cannot draw {k} distinct positions out of {n}")
     if k == 0:
-        return torch.empty(0, dtype=torch.int64)
+        return np.empty(0, dtype=np.int64)
     if k > n * _DENSE_FRACTION:
-        return torch.randperm(n, generator=generator)[:k].sort().values
+        return torch.randperm(n, generator=generator)[:k].sort().values.numpy()
     # small sorted arrays: numpy's sort is several times cheaper than torch.unique on the CPU
     have = _sorted_unique(torch.randint(n, (k,), generator=generator, dtype=torch.int64).numpy())
     while have.size < k:
@@ -87,7 +92,7 @@ def distinct(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
             have = np.insert(have, have.searchsorted(sorted(new)), sorted(new)) if new else have
         else:
             have = _sorted_unique(np.concatenate([have, more]))
-    return torch.from_numpy(have)
+    return have
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -102,6 +107,11 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
 def bernoulli_positions(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
     """Positions in ``range(n)`` where independent Bernoulli(p) trials succeed (O(#successes))."""
     return distinct(n, binomial(n, p, generator), generator)
+
+
+def bernoulli_array(n: int, p: float, generator: torch.Generator) -> np.ndarray:
+    """:func:`bernoulli_positions` as a numpy int64 array."""
+    return distinct_array(n, binomial(n, p, generator), generator)
 
 
 def ceil_count(total: int, percent: float) -> int:

@@ -21,7 +21,7 @@ from ..faults import (
 )
 from ..formats import FloatFormat, IntFormat, NumberFormat, calibrate
 from ..faults._apply import (
-    SMALL_DRAW, XOR, ScalarDraw, _float32, _group_bit_sites, xor_scalars, xor_values_numpy,
+    SMALL_DRAW, XOR, ArrayDraw, ScalarDraw, _float32, _group_bit_sites, xor_scalars, xor_values_numpy,
 )
 from ..formats._base import gather_param
 from ._grad import replace_at
@@ -198,10 +198,8 @@ class _SiteRuntime:
         if spec.per_image and batched and len(shape) > 1:
             if self._scratch_generator is None:
                 self._scratch_generator = torch.Generator()
-            observed = spec.track_statistics or bool(self.handle._listeners)
             fast = _one_flip_per_image(spec.fault, shape, fmt,
-                                       self._scratch_generator.manual_seed(self._seed("transient", self.counter, base)),
-                                       observed)
+                                       self._scratch_generator.manual_seed(self._seed("transient", self.counter, base)))
             if fast is not None:
                 return fast.to(device)
             return _per_image_draw(spec.fault, shape, fmt, self._generator("transient", self.counter, base)).to(device)
@@ -359,12 +357,10 @@ def _expand_over_batch(draw: FaultDraw, batch: int, per_image: int) -> FaultDraw
                      repeat(draw.value), None)
 
 
-def _one_flip_per_image(fault, shape: tuple[int, ...], fmt: NumberFormat, gen: torch.Generator,
-                        observed: bool = True) -> FaultDraw | None:
+def _one_flip_per_image(fault, shape: tuple[int, ...], fmt: NumberFormat, gen: torch.Generator) -> FaultDraw | None:
     """``BitFlip(count=1)`` in each image of a batch: one draw of ``batch`` integers from the
-    seeded ``gen``, then numpy on the few picks (cheaper than a dozen tiny tensor operations).
-    The (element, bit) sites are listed only when ``observed``. None when the fault is not of
-    that kind."""
+    seeded ``gen``, then Python or numpy on the few picks (cheaper than a dozen tiny tensor
+    operations). None when the fault is not of that kind."""
     if not (isinstance(fault, BitFlip) and fault.count == 1 and fault.bits is None):
         return None
     batch, per_image = shape[0], math.prod(shape[1:])
@@ -379,15 +375,7 @@ def _one_flip_per_image(fault, shape: tuple[int, ...], fmt: NumberFormat, gen: t
     elements, bits = np.divmod(picks.numpy(), fmt.bits)
     if batch > 1:
         elements += np.arange(0, batch * per_image, per_image, dtype=np.int64)
-    masks = np.left_shift(1, bits)
-    sites = None
-    if observed:
-        sites = np.empty((batch, 2), dtype=np.int64)
-        sites[:, 0], sites[:, 1] = elements, bits
-        sites = torch.from_numpy(sites)
-    draw = FaultDraw(torch.from_numpy(elements), XOR, torch.from_numpy(masks), None, sites)
-    draw.arrays = (elements, masks)
-    return draw
+    return ArrayDraw(elements, np.left_shift(1, bits), elements, bits)
 
 
 def _per_image_draw(fault, shape: tuple[int, ...], fmt: NumberFormat, gen: torch.Generator) -> FaultDraw:
@@ -404,10 +392,10 @@ def _per_image_draw(fault, shape: tuple[int, ...], fmt: NumberFormat, gen: torch
                 if not bool(bad.any()):
                     break
                 picks[bad] = torch.randint(population, (int(bad.sum()), fault.count), generator=gen)
-        elements = (picks // fmt.bits + torch.arange(batch).unsqueeze(1) * per_image).reshape(-1)
-        bits = (picks % fmt.bits).reshape(-1)
+        elements = (picks // fmt.bits + torch.arange(batch).unsqueeze(1) * per_image).reshape(-1).numpy()
+        bits = (picks % fmt.bits).reshape(-1).numpy()
         index, mask, _ = _group_bit_sites(elements, bits)
-        return FaultDraw(index, "xor", mask, None, torch.stack([elements, bits], 1))
+        return ArrayDraw(index, mask, elements, bits)
     draws = [draw_faults(fault, shape[1:], fmt, gen).offset(b * per_image) for b in range(batch)]
     return FaultDraw.cat(draws)
 
@@ -559,7 +547,9 @@ class _ParamGroup:
         faults in an int format on contiguous float32 CPU parameters written in place (a few
         thousand faults cost a few numpy calls instead of ~30 torch operations per tensor).
         Never while autograd records: it would not see the in-place writes."""
-        if not (isinstance(fmt, IntFormat) and draw.op == XOR and draw.index.device.type == "cpu"):
+        if not (isinstance(fmt, IntFormat) and draw.op == XOR):
+            return False
+        if draw.arrays is None and draw.index.device.type != "cpu":
             return False
         if grad_enabled and any(p.requires_grad for p in params):
             return False
@@ -576,7 +566,7 @@ class _ParamGroup:
             zero = tables["zero"]
             arrays["zero"] = None if zero is None else zero.numpy().astype(np.float32)
             tables["numpy"] = arrays
-        index = draw.index.numpy()
+        index, mask = draw.arrays if draw.arrays is not None else (draw.index.numpy(), draw.mask.numpy())
         bounds = index.searchsorted(arrays["ends"])
         owner = arrays["ends"].searchsorted(index, side="right")
         local = index - arrays["starts"][owner]
@@ -587,7 +577,7 @@ class _ParamGroup:
             return None
         channel = arrays["channel_start"][owner] + local // arrays["inner"][owner]
         zero = None if arrays["zero"] is None else arrays["zero"][channel]
-        old, new, faulty = xor_values_numpy(fmt, clean, draw.mask.numpy(), arrays["scale"][channel], zero)
+        old, new, faulty = xor_values_numpy(fmt, clean, mask, arrays["scale"][channel], zero)
         out = {}
         for site, param, view, is_active, (lo, hi) in zip(self.sites, params, views, active, ranges):
             if not is_active:
