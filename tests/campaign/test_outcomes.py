@@ -485,3 +485,28 @@ def test_golden_run_load_errors_name_the_path(tmp_path):
         assert str(path) in str(info.value), name
     with pytest.raises(FileNotFoundError):
         GoldenRun.load(tmp_path / "missing.pt")
+
+
+def test_golden_side_is_reused_only_while_the_golden_tensors_are_unchanged():
+    from qfault.campaign import _outcomes
+
+    golden = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    faulty = torch.tensor([[3.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
+    first = classify(golden, faulty, labels)
+    assert first.golden_top1.tolist() == [0, 1] and first.sdc1.tolist() == [False, True]
+    side = _outcomes._last_golden["entry"][3]
+    classify(golden, faulty, labels)
+    assert _outcomes._last_golden["entry"][3] is side  # the same golden run: not recomputed
+    golden[1, 2] = 5.0  # changed in place: recomputed
+    again = classify(golden, faulty, labels)
+    assert again.golden_top1.tolist() == [0, 2] and again.sdc1.tolist() == [False, False]
+    labels[1] = 7  # an invalid label is caught on the next call as well
+    with pytest.raises(QFaultConfigError, match="labels"):
+        classify(golden, faulty, labels)
+    other = torch.tensor([[0.0, 9.0, 0.0], [1.0, 0.0, 0.0]])
+    assert classify(other, faulty).golden_top1.tolist() == [1, 0]  # another tensor, another side
+    del golden, other, side, first, again
+    import gc
+    gc.collect()
+    assert not _outcomes._last_golden  # nothing of a freed golden run is kept

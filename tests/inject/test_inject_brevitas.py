@@ -418,3 +418,28 @@ def test_same_quantized_weights_again_reuse_the_faulty_codes():
             assert torch.equal(model(x), first)
     finally:
         proxy.__dict__.pop("forward", None)
+
+
+@pytest.mark.parametrize("fault, batch", [(BitFlip(count=1), 1), (BitFlip(count=1), 3), (BitFlip(count=1), 9),
+                                          (BitFlip(ber=0.02), 4)])
+def test_quant_tensor_faults_numpy_path_equals_tensor_path(fault, batch):
+    """Outside autograd QuantTensor activations are faulted through numpy (Python numbers for a
+    flip per image at batch <= 4); with autograd recording, with tensor operations. The same
+    seed gives the same codes and outputs."""
+    model = qnet()
+    x = inputs((batch, 3, 6, 6))
+    spec = InjectSpec(fault=fault, site="output", per_image=fault.count is not None, seed=4)
+    runs = []
+    for grad in (False, True):
+        with inject(model, spec) as handle:
+            rec = Recorder()
+            handle.add_listener(rec)
+            with torch.set_grad_enabled(grad):
+                ys = [model(x).detach() for _ in range(3)]
+        runs.append((ys, rec.signature()))
+    (fast_ys, fast_calls), (tensor_ys, tensor_calls) = runs
+    assert fast_calls == tensor_calls and len(fast_calls) == 6
+    assert all(torch.equal(a, b) for a, b in zip(fast_ys, tensor_ys))
+    with torch.no_grad():
+        clean = model(x)
+    assert any(not torch.equal(y, clean) for y in fast_ys)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -296,30 +297,14 @@ def classify(
                                 f"the shape of golden_logits, {tuple(golden_logits.shape)}")
     device = golden_logits.device
     n, c = golden_logits.shape
-    g = golden_logits.detach().to(torch.float64)
+    golden = _golden_side(golden_logits, labels, bool(thresholds))
+    g, y, g_top1, p_g = golden.logits, golden.labels, golden.top1, golden.top1_probability
     f = faulty_logits.detach().to(device=device, dtype=torch.float64)
-
-    nonfinite_golden = int((~torch.isfinite(g)).sum())
-    if nonfinite_golden:
-        raise QFaultConfigError("golden_logits", f"<{nonfinite_golden} non-finite values>",
-                                "finite values only", hint="the golden run itself is broken")
-
-    y: Tensor | None = None
-    if labels is not None:
-        if not isinstance(labels, Tensor) or labels.shape != (n,) or labels.is_floating_point() \
-                or labels.is_complex() or labels.dtype == torch.bool:
-            shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-            raise QFaultConfigError("labels", shape, f"an integer tensor of shape [{n}]")
-        y = labels.detach().to(device=device, dtype=torch.int64)
-        if n and bool(((y < 0) | (y >= c)).any()):
-            raise QFaultConfigError("labels", f"<values outside [0, {c})>",
-                                    f"class indices in [0, {c})")
 
     # primary classes
     due = ~torch.isfinite(f).all(dim=1)
     equal = ((f - g).abs() <= atol + rtol * g.abs()).all(dim=1) & ~due
     masked = equal
-    g_top1 = _top1(g)
     f_top1 = torch.where(due, torch.full_like(g_top1, -1), _top1(f))
     changed = ~due & ~masked
     sdc1 = changed & (f_top1 != g_top1)
@@ -332,7 +317,6 @@ def classify(
     # probability change of the golden top-1 class
     if thresholds:
         f_safe = torch.where(due.unsqueeze(1), g, f)  # keep NaN out of the softmax of DUE rows
-        p_g = torch.softmax(g, dim=1).gather(1, g_top1.unsqueeze(1)).squeeze(1)
         p_f = torch.softmax(f_safe, dim=1).gather(1, g_top1.unsqueeze(1)).squeeze(1)
         rel = (p_f - p_g).abs() / p_g  # p_g >= 1/C > 0
         sdc_pct = {x: changed & (rel > x / 100.0) for x in thresholds}
@@ -353,6 +337,60 @@ def classify(
         golden_correct=golden_correct, faulty_correct=faulty_correct,
         faulty_topk_correct=faulty_topk_correct,
     )
+
+
+@dataclass
+class _GoldenSide:
+    """What :func:`classify` derives from the golden run alone (float64 logits, checked labels,
+    top-1 and its probability)."""
+
+    logits: Tensor
+    labels: Tensor | None
+    top1: Tensor
+    top1_probability: Tensor | None
+
+
+#: the last golden side with what it was computed from: weak references to the golden and label
+#: tensors, their versions (in-place changes), and whether probabilities were needed
+_last_golden: dict = {}
+
+
+def _golden_side(golden_logits: Tensor, labels: Tensor | None, probability: bool) -> _GoldenSide:
+    """The golden-only part of :func:`classify`, validated; reused while the same golden and
+    label tensors come back unmodified (a campaign classifies every trial against one golden run)."""
+    versions = (golden_logits._version, None if labels is None else labels._version, probability)
+    last = _last_golden.get("entry")
+    if last is not None and last[0]() is golden_logits and last[2] == versions \
+            and (last[1]() if last[1] is not None else None) is labels:
+        return last[3]
+    side = _compute_golden_side(golden_logits, labels, probability)
+    forget = lambda _ref: _last_golden.clear()  # noqa: E731  (nothing outlives the golden tensor)
+    label_ref = None if labels is None else weakref.ref(labels, forget)
+    _last_golden["entry"] = (weakref.ref(golden_logits, forget), label_ref, versions, side)
+    return side
+
+
+def _compute_golden_side(golden_logits: Tensor, labels: Tensor | None, probability: bool) -> _GoldenSide:
+    device = golden_logits.device
+    n, c = golden_logits.shape
+    g = golden_logits.detach().to(torch.float64)
+    nonfinite_golden = int((~torch.isfinite(g)).sum())
+    if nonfinite_golden:
+        raise QFaultConfigError("golden_logits", f"<{nonfinite_golden} non-finite values>",
+                                "finite values only", hint="the golden run itself is broken")
+    y: Tensor | None = None
+    if labels is not None:
+        if not isinstance(labels, Tensor) or labels.shape != (n,) or labels.is_floating_point() \
+                or labels.is_complex() or labels.dtype == torch.bool:
+            shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+            raise QFaultConfigError("labels", shape, f"an integer tensor of shape [{n}]")
+        y = labels.detach().to(device=device, dtype=torch.int64)
+        if n and bool(((y < 0) | (y >= c)).any()):
+            raise QFaultConfigError("labels", f"<values outside [0, {c})>",
+                                    f"class indices in [0, {c})")
+    top1 = _top1(g)
+    p_g = torch.softmax(g, dim=1).gather(1, top1.unsqueeze(1)).squeeze(1) if probability else None
+    return _GoldenSide(g, y, top1, p_g)
 
 
 # --------------------------------------------------------------------------------------------

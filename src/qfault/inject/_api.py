@@ -21,7 +21,7 @@ from ..faults import (
 )
 from ..formats import FloatFormat, IntFormat, NumberFormat, calibrate
 from ..faults._apply import (
-    SMALL_DRAW, XOR, ArrayDraw, ScalarDraw, _float32, _group_bit_sites, xor_scalars, xor_values_numpy,
+    XOR, ArrayDraw, ScalarDraw, _float32, _group_bit_sites, _scalar, xor_scalars, xor_values_numpy,
 )
 from ..formats._base import gather_param
 from ._grad import replace_at
@@ -251,31 +251,46 @@ class _SiteRuntime:
             if self.spec.track_statistics:
                 self.stats.record(x.numel(), 0, 0.0, 0.0, 0.0, 0.0)
             return x
-        if finite and self._numpy_corruptible(x, fmt, scale, zero_point, axis, draw):
-            return self._corrupt_numpy(x, fmt, scale, zero_point, draw)
+        numbers = self._numpy_parameters(x, fmt, scale, zero_point, axis, draw)
+        if numbers is not None:
+            out = self._corrupt_numpy(x, fmt, scale, zero_point, numbers, draw)
+            if out is not None:
+                return out
         _, faulty = self.faulty_values(x, fmt, scale, zero_point, axis, draw, finite)
         return replace_at(x, draw.index, faulty, self.spec.gradient)
 
-    def _numpy_corruptible(self, x: torch.Tensor, fmt: NumberFormat, scale, zero_point, axis,
-                           draw: FaultDraw) -> bool:
-        """A few XOR faults in a contiguous float32 CPU tensor with a per-tensor scale, outside
-        autograd and stacked trials: :meth:`_corrupt_numpy` gives the same result."""
-        return (len(draw) <= SMALL_DRAW and draw.op == XOR and axis is None and isinstance(fmt, IntFormat)
+    def _numpy_parameters(self, x: torch.Tensor, fmt: NumberFormat, scale, zero_point, axis,
+                          draw: FaultDraw) -> tuple | None:
+        """``(scale, zero point)`` as Python numbers where :meth:`_corrupt_numpy` applies: XOR
+        faults in a contiguous float32 CPU tensor with a per-tensor scale, outside autograd and
+        stacked trials. None otherwise."""
+        if not (len(draw) <= NUMPY_DRAW and draw.op == XOR and axis is None and isinstance(fmt, IntFormat)
                 and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
-                and not (x.requires_grad and torch.is_grad_enabled()) and self.handle.trial_seeds is None
-                and (scale is None or isinstance(scale, float))
-                and (zero_point is None or isinstance(zero_point, int)))
+                and not (x.requires_grad and torch.is_grad_enabled()) and self.handle.trial_seeds is None):
+            return None
+        numbers = (_scalar(scale), _scalar(zero_point))
+        if (scale is not None and numbers[0] is None) or (zero_point is not None and numbers[1] is None):
+            return None  # per-channel parameters
+        return numbers
 
-    def _corrupt_numpy(self, x: torch.Tensor, fmt: IntFormat, scale, zero_point, draw: FaultDraw) -> torch.Tensor:
-        """:meth:`corrupt` through numpy views: at batch 1 a tensor operation costs more than the
-        arithmetic of a few faulted values, so read, code, flip and write them in numpy (or, for
-        a :class:`ScalarDraw`, in Python numbers)."""
-        if isinstance(draw, ScalarDraw):
+    def _corrupt_numpy(self, x: torch.Tensor, fmt: IntFormat, scale, zero_point, numbers: tuple,
+                       draw: FaultDraw) -> torch.Tensor | None:
+        """:meth:`corrupt` through numpy views (``numbers``: the per-tensor scale and zero point
+        as Python numbers). A tensor operation costs more than the arithmetic of a few thousand
+        faulted values, so read, code, flip and write them in numpy (or, for a
+        :class:`ScalarDraw`, in Python numbers). None when a faulted value is not finite or the
+        zero point not an integer: the tensor codec handles those."""
+        observed = self.spec.track_statistics or self.handle._listeners
+        scale_number, zero_number = numbers
+        if isinstance(draw, ScalarDraw) and (zero_number is None or float(zero_number).is_integer()):
             out = x.clone()  # outside autograd: a plain tensor whose memory numpy may write
             target = out.numpy()
             values = [target.item(element) for element in draw.elements]
-            old, new, faulty = xor_scalars(fmt, values, [1 << bit for bit in draw.bits], scale, zero_point)
-            if self.spec.track_statistics or self.handle._listeners:
+            if not all(map(math.isfinite, values)):
+                return None
+            zero_number = None if zero_number is None else int(zero_number)
+            old, new, faulty = xor_scalars(fmt, values, [1 << bit for bit in draw.bits], scale_number, zero_number)
+            if observed:
                 old_t, new_t = torch.tensor(old, dtype=torch.int32), torch.tensor(new, dtype=torch.int32)
                 if self.spec.track_statistics:
                     self._record(x, fmt, scale, zero_point, None, old_t, new_t, torch.tensor(values),
@@ -286,8 +301,10 @@ class _SiteRuntime:
         source = (x.detach() if x.requires_grad else x).numpy()
         index, mask = draw.arrays if draw.arrays is not None else (draw.index.numpy(), draw.mask.numpy())
         values = source.reshape(-1)[index]
-        old, new, faulty = xor_values_numpy(fmt, values, mask, scale, zero_point)
-        if self.spec.track_statistics or self.handle._listeners:
+        if not np.isfinite(values.sum()) and not np.isfinite(values).all():  # the sum is one cheap check
+            return None
+        old, new, faulty = xor_values_numpy(fmt, values, mask, scale_number, zero_number)
+        if observed:
             old_t, new_t = torch.from_numpy(old), torch.from_numpy(new)
             if self.spec.track_statistics:
                 self._record(x, fmt, scale, zero_point, None, old_t, new_t, torch.from_numpy(values),
@@ -348,6 +365,8 @@ class _SiteRuntime:
 
 #: a flip per image in a batch of at most this many images is drawn as a :class:`ScalarDraw`
 SCALAR_FAULTS = 4
+#: at most this many faulted values of a CPU activation are coded in numpy (single-threaded)
+NUMPY_DRAW = 1 << 16
 
 
 def _expand_over_batch(draw: FaultDraw, batch: int, per_image: int) -> FaultDraw:
