@@ -278,6 +278,39 @@ def test_cpu_weight_fast_path_leaves_non_finite_weights_alone():
     assert torch.equal(model[0].weight.isnan(), state["0.weight"].isnan())
 
 
+def test_weight_draws_made_ahead_equal_draws_made_per_forward(monkeypatch):
+    """After a few forwards in a row the draws of the next forwards are made together: the same
+    faults as one draw per forward, also across a reset, a disabled forward and a new seed."""
+    from qfault.inject._api import _ParamGroup
+
+    def records(prefetch_after: int) -> tuple[list, int]:
+        monkeypatch.setattr(_ParamGroup, "PREFETCH_AFTER", prefetch_after)
+        model, x = float_model(), inputs()
+        handle = inject(model, InjectSpec(fault=BitFlip(ber=0.01), site="weight", format="int8", seed=6))
+        rec = Recorder()
+        handle.add_listener(rec)
+        ahead = 0
+        with torch.no_grad():
+            for step in range(30):
+                if step == 13:
+                    handle.reset()
+                if step == 17:
+                    handle.disable()
+                if step == 18:
+                    handle.enable()
+                if step == 22:
+                    handle.seeds[0] += 1
+                model(x)
+                ahead = max(ahead, len(handle.param_groups[0]._ahead))
+        handle.remove()
+        return rec.signature(), ahead
+
+    plain, plain_ahead = records(10**9)
+    early, early_ahead = records(2)
+    assert plain_ahead == 0 and early_ahead == _ParamGroup.PREFETCH - 1
+    assert early == plain and len(plain) == 29 * 2  # two weight sites; one forward disabled
+
+
 def test_no_grad_inplace_and_grad_clone_paths_agree():
     model = float_model()
     clean_model = copy.deepcopy(model)

@@ -444,6 +444,11 @@ class _ParamGroup:
         self.sites = sites
         self.permanent_draw: FaultDraw | None = None
         self.tables: dict | None = None
+        # transient draws of upcoming forwards (see _transient_draw), for which seed and size
+        self._ahead: dict[int, FaultDraw] = {}
+        self._ahead_key: tuple | None = None
+        self._last_counter = -1
+        self._run = 0  # forwards in a row, each the next counter
 
     @staticmethod
     def build(handle: "InjectionHandle") -> list["_ParamGroup"]:
@@ -459,6 +464,7 @@ class _ParamGroup:
     def invalidate(self) -> None:
         self.permanent_draw = None
         self.tables = None
+        self._ahead.clear()
 
     def _tables(self, params: list[torch.Tensor]) -> dict | None:
         """Offsets of each tensor in the joint index space and per-element scale lookup tables."""
@@ -495,16 +501,51 @@ class _ParamGroup:
         self.tables = tables
         return tables
 
+    #: once this many forwards ran in a row, the draws of the next PREFETCH forwards are made
+    #: together: the same draws, computed back to back while the sampling code is in the caches
+    #: (between model forwards each of its calls costs several times more)
+    PREFETCH_AFTER = 4
+    PREFETCH = 8
+    #: only for draws expected to hold at most this many faults (they are overhead-bound)
+    PREFETCH_MAX_FAULTS = 1 << 14
+
     def _draw(self, tables: dict) -> FaultDraw:
         spec, handle = self.spec, self.handle
-        if spec.permanent and self.permanent_draw is not None:
-            return self.permanent_draw
-        kind, counter = ("permanent", handle.generation) if spec.permanent else ("transient", handle.forward_count)
-        gen = make_generator(handle.seeds[self.spec_id], self.spec_id, "group", spec.site.value, kind, counter)
-        draw = draw_faults(spec.fault, (tables["total"],), spec.format, gen).to(tables["device"])
-        if spec.permanent:
-            self.permanent_draw = draw
+        if not spec.permanent:
+            return self._transient_draw(tables, handle.forward_count)
+        if self.permanent_draw is None:
+            self.permanent_draw = self._make_draw(tables, "permanent", handle.generation)
+        return self.permanent_draw
+
+    def _make_draw(self, tables: dict, kind: str, counter: int) -> FaultDraw:
+        spec = self.spec
+        gen = make_generator(self.handle.seeds[self.spec_id], self.spec_id, "group", spec.site.value, kind, counter)
+        return draw_faults(spec.fault, (tables["total"],), spec.format, gen).to(tables["device"])
+
+    def _transient_draw(self, tables: dict, counter: int) -> FaultDraw:
+        """The draw of forward ``counter``; each depends on its counter alone, so making the
+        next ones early changes nothing but when they are computed."""
+        key = (self.handle.seeds[self.spec_id], tables["total"], tables["device"])
+        if self._ahead_key == key and counter in self._ahead:
+            draw = self._ahead.pop(counter)
+        else:
+            self._ahead.clear()
+            self._ahead_key = key
+            self._run = self._run + 1 if counter == self._last_counter + 1 else 0
+            draw = self._make_draw(tables, "transient", counter)
+            if self._run >= self.PREFETCH_AFTER and self._expected_faults(tables) <= self.PREFETCH_MAX_FAULTS:
+                for upcoming in range(counter + 1, counter + self.PREFETCH):
+                    self._ahead[upcoming] = self._make_draw(tables, "transient", upcoming)
+        self._last_counter = counter
         return draw
+
+    def _expected_faults(self, tables: dict) -> float:
+        fault, bits = self.spec.fault, self.spec.format.bits
+        if isinstance(fault, BitFlip):
+            return tables["total"] * bits * fault.ber
+        if isinstance(fault, StuckAt):
+            return tables["total"] * bits * fault.rate / 100.0
+        return tables["total"] * fault.probability / 100.0
 
     @torch.no_grad()
     def prepare(self, modules: list[nn.Module], grad_enabled: bool = False) -> dict[int, tuple]:
