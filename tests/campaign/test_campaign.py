@@ -417,3 +417,18 @@ def test_a_bad_data_or_model_path_leaves_no_store_behind(tmp_path):
     assert not bad_model.store_path().exists()
     fixed = CampaignSpec.from_dict(spec_dict(tmp_path, repetitions=1))  # same store path, corrected spec
     assert [p.trials for p in run_campaign(fixed, progress=False, log=lambda *_: None).points] == [1, 1]
+
+
+@pytest.mark.parametrize("per_task", [1, 3])
+def test_trials_classified_together_give_the_rows_of_one_at_a_time(tmp_path, monkeypatch, per_task):
+    from qfault.campaign import _runner
+
+    common = dict(repetitions=7, sweep={"fault.ber": [0.005, 0.05]})
+    monkeypatch.setattr(_runner, "TRIALS_PER_TASK", 8)
+    grouped = CampaignSpec.from_dict(spec_dict(tmp_path, **common, store=str(tmp_path / "grouped.db")))
+    run_campaign(grouped, progress=False, log=lambda *_: None)
+    monkeypatch.setattr(_runner, "TRIALS_PER_TASK", per_task)
+    single = CampaignSpec.from_dict(spec_dict(tmp_path, **common, store=str(tmp_path / "single.db")))
+    run_campaign(single, progress=False, log=lambda *_: None)
+    assert rows(grouped.store_path()) == rows(single.store_path())
+    assert len(rows(single.store_path())) == 14

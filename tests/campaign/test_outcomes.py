@@ -510,3 +510,26 @@ def test_golden_side_is_reused_only_while_the_golden_tensors_are_unchanged():
     import gc
     gc.collect()
     assert not _outcomes._last_golden  # nothing of a freed golden run is kept
+
+
+def test_classify_several_trials_at_once_equals_one_at_a_time():
+    gen = torch.Generator().manual_seed(5)
+    golden = torch.randn(30, 7, generator=gen)
+    labels = torch.randint(0, 7, (30,), generator=gen)
+    runs = []
+    for k in range(4):
+        faulty = golden.clone()
+        rows = torch.randperm(30, generator=gen)[:10 * k]
+        faulty[rows] += torch.randn(len(rows), 7, generator=gen) * (0.5 * k)
+        if k == 3:
+            faulty[0, 2] = float("nan")  # a DUE image
+        runs.append(faulty)
+    together = classify(golden, torch.cat(runs), labels, trials=4).block_counts(4)
+    assert together == [classify(golden, f, labels).counts() for f in runs]
+    assert together[0]["masked"] == 30 and together[3]["due"] == 1
+    with pytest.raises(QFaultConfigError, match="faulty_logits"):
+        classify(golden, torch.cat(runs[:3]), labels, trials=4)
+    with pytest.raises(QFaultConfigError, match="trials"):
+        classify(golden, golden, labels, trials=0)
+    with pytest.raises(QFaultConfigError, match="blocks"):
+        classify(golden, golden, labels).block_counts(7)

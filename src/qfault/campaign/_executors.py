@@ -73,12 +73,15 @@ def execute_trial(context: TrialContext, item: tuple[int, dict, int], *, golden_
     pass over the batches, outcomes against the golden run. ``golden_logits`` overrides the stored
     golden logits (a worker on another device compares against its own fault-free run).
     """
+    return _rows(context, [_run_trial(context, item)], golden_logits)[0]
+
+
+def _run_trial(context: TrialContext, item: tuple[int, dict, int]) -> tuple:
+    """One trial's faulty pass: ``(item, seed, logits [N, C], values changed, seconds)``."""
     from ..faults import derive_seed
     from ..inject import InjectSpec
-    from ._outcomes import classify
     from ._runner import predict, trial_seed
     from ._spec import point_faults, point_mitigation
-    from ._store import TrialRow
 
     spec = context.spec
     index, point, repetition = item
@@ -109,12 +112,27 @@ def execute_trial(context: TrialContext, item: tuple[int, dict, int], *, golden_
             logits = predict(context.model, context.batches, prefix)
         else:
             logits = predict(context.model, context.batches)
+    return item, seed, logits, faulted[0], time.monotonic() - start
+
+
+def _rows(context: TrialContext, runs: list[tuple], golden_logits: torch.Tensor | None) -> list:
+    """The ``TrialRow`` of each run of :func:`_run_trial` (or of a stacked forward), all
+    classified in one vectorized pass; classification time is shared out among them."""
+    from ._outcomes import classify
+    from ._store import TrialRow
+
+    spec = context.spec
     golden = context.golden["logits"] if golden_logits is None else golden_logits
+    start = time.monotonic()
+    logits = runs[0][2] if len(runs) == 1 else torch.cat([run[2] for run in runs])
     outcome = classify(golden, logits, context.golden["labels"], atol=spec.atol,
-                       sdc_thresholds=spec.sdc_thresholds)
-    counts = outcome.counts()
-    accuracy = 100.0 * counts["correct_faulty"] / max(1, counts["images"])
-    return TrialRow(index, repetition, point, seed, accuracy, counts, faulted[0], time.monotonic() - start)
+                       sdc_thresholds=spec.sdc_thresholds, trials=len(runs))
+    share = (time.monotonic() - start) / len(runs)
+    rows = []
+    for ((index, point, repetition), seed, _, changed, seconds), counts in zip(runs, outcome.block_counts(len(runs))):
+        accuracy = 100.0 * counts["correct_faulty"] / max(1, counts["images"])
+        rows.append(TrialRow(index, repetition, point, seed, accuracy, counts, int(changed), seconds + share))
+    return rows
 
 
 def stackable(spec, points: list[dict]) -> bool:
@@ -164,13 +182,11 @@ def execute_trials(context: TrialContext, items: list[tuple[int, dict, int]], *,
     """
     from ..faults import derive_seed
     from ..inject import InjectSpec
-    from ._outcomes import classify
     from ._runner import trial_seed
     from ._spec import point_faults
-    from ._store import TrialRow
 
-    if context.stack <= 1 or len(items) <= 1:
-        return [execute_trial(context, item, golden_logits=golden_logits) for item in items]
+    if context.stack <= 1 or len(items) <= 1:  # one forward per trial, one classification for all
+        return _rows(context, [_run_trial(context, item) for item in items], golden_logits)
     if len(items) > context.stack:
         return [row for start in range(0, len(items), context.stack)
                 for row in execute_trials(context, items[start:start + context.stack], golden_logits=golden_logits)]
@@ -184,7 +200,7 @@ def execute_trials(context: TrialContext, items: list[tuple[int, dict, int]], *,
         exact = context.exact_stacks[len(items)] = stacking_is_exact(context.model, context.batches, golden,
                                                                      len(items))
     if not exact:
-        return [execute_trial(context, item, golden_logits=golden_logits) for item in items]
+        return _rows(context, [_run_trial(context, item) for item in items], golden_logits)
     faults = point_faults(spec.faults, point)
     seeds = [trial_seed(spec, point, repetition) for _, _, repetition in items]
     prefix = context.prefix
@@ -199,14 +215,8 @@ def execute_trials(context: TrialContext, items: list[tuple[int, dict, int]], *,
             logits = stacked_logits(context.model, context.batches, len(items), prefix)
         changed = handle.trial_changed.tolist()
     seconds = (time.monotonic() - start) / len(items)
-    rows = []
-    for k, (_, _, repetition) in enumerate(items):
-        outcome = classify(golden, logits[k], context.golden["labels"], atol=spec.atol,
-                           sdc_thresholds=spec.sdc_thresholds)
-        counts = outcome.counts()
-        accuracy = 100.0 * counts["correct_faulty"] / max(1, counts["images"])
-        rows.append(TrialRow(index, repetition, point, seeds[k], accuracy, counts, int(changed[k]), seconds))
-    return rows
+    runs = [(item, seeds[k], logits[k], changed[k], seconds) for k, item in enumerate(items)]
+    return _rows(context, runs, golden_logits)
 
 
 def stacking_is_exact(model: nn.Module, batches: list, golden_logits: torch.Tensor, trials: int) -> bool:

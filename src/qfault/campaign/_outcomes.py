@@ -167,6 +167,16 @@ class OutcomeBatch:
         sdc10pct, sdc20pct, correct_golden, correct_faulty, top5_correct_faulty``. Correctness
         counts are 0 without labels.
         """
+        items = self._count_items()
+        if len(self) == 0:
+            sums = [0] * len(items)
+        else:
+            sums = torch.stack([v for _, v in items]).sum(dim=1).tolist()
+        out = {"images": len(self)}
+        out.update({name: int(s) for (name, _), s in zip(items, sums)})
+        return out
+
+    def _count_items(self) -> list[tuple[str, Tensor]]:
         zeros = torch.zeros_like(self.sdc1)
         items: list[tuple[str, Tensor]] = [
             ("masked", self.masked),
@@ -182,13 +192,21 @@ class OutcomeBatch:
             items.append((name, zeros if flag is None else flag))
         for k in self.sdc_topk:
             items.append((f"top{k}_correct_faulty", self.faulty_topk_correct.get(k, zeros)))
-        if len(self) == 0:
-            sums = [0] * len(items)
+        return items
+
+    def block_counts(self, blocks: int) -> list[dict[str, int]]:
+        """:meth:`counts` of each of ``blocks`` equal consecutive blocks of images (the trials of
+        a ``classify(..., trials=blocks)`` call), with one device synchronization."""
+        n = len(self)
+        if blocks < 1 or n % blocks:
+            raise QFaultConfigError("blocks", blocks, f"a divisor of the {n} images")
+        items = self._count_items()
+        per_block = n // blocks
+        if n == 0:
+            sums = [[0] * len(items) for _ in range(blocks)]
         else:
-            sums = torch.stack([v for _, v in items]).sum(dim=1).tolist()
-        out = {"images": len(self)}
-        out.update({name: int(s) for (name, _), s in zip(items, sums)})
-        return out
+            sums = torch.stack([v for _, v in items]).view(len(items), blocks, per_block).sum(dim=2).t().tolist()
+        return [{"images": per_block, **{name: int(s) for (name, _), s in zip(items, row)}} for row in sums]
 
 
 def merge_counts(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
@@ -262,6 +280,7 @@ def classify(
     rtol: float = 0.0,
     sdc_thresholds: Iterable[float] = (10.0, 20.0),
     topk: Iterable[int] = (1, 5),
+    trials: int = 1,
 ) -> OutcomeBatch:
     """Classify each image of a faulty run against the golden run (see the module docstring).
 
@@ -281,6 +300,9 @@ def classify(
         topk: The ``k`` of the SDC-``k`` flags and top-``k`` accuracies; ``k == 1`` is the primary
             ``sdc1`` class and ``faulty_correct`` and adds nothing, each ``k > 1`` adds
             ``sdc{k}`` and ``top{k}_correct_faulty``.
+        trials: ``faulty_logits`` may hold the runs of several trials on the same inputs, one
+            after the other (``[trials * N, C]``); each is compared with the golden run (one
+            vectorized pass; :meth:`OutcomeBatch.block_counts` splits the counts per trial).
 
     Returns:
         The :class:`OutcomeBatch`.
@@ -292,12 +314,16 @@ def classify(
     thresholds, ks = _check_options(atol, rtol, tuple(sdc_thresholds), tuple(topk))
     _check_logits("golden_logits", golden_logits)
     _check_logits("faulty_logits", faulty_logits)
-    if faulty_logits.shape != golden_logits.shape:
+    if not isinstance(trials, int) or trials < 1:
+        raise QFaultConfigError("trials", trials, "an integer >= 1")
+    expected = (golden_logits.shape[0] * trials, golden_logits.shape[1])
+    if tuple(faulty_logits.shape) != expected:
         raise QFaultConfigError("faulty_logits", tuple(faulty_logits.shape),
-                                f"the shape of golden_logits, {tuple(golden_logits.shape)}")
+                                f"the shape of golden_logits{f' with {trials} trials' if trials > 1 else ''}, "
+                                f"{expected}")
     device = golden_logits.device
-    n, c = golden_logits.shape
-    golden = _golden_side(golden_logits, labels, bool(thresholds))
+    c = golden_logits.shape[1]
+    golden = _golden_side(golden_logits, labels, bool(thresholds)).repeated(trials)
     g, y, g_top1, p_g = golden.logits, golden.labels, golden.top1, golden.top1_probability
     f = faulty_logits.detach().to(device=device, dtype=torch.float64)
 
@@ -348,6 +374,17 @@ class _GoldenSide:
     labels: Tensor | None
     top1: Tensor
     top1_probability: Tensor | None
+    copies: dict = field(default_factory=dict, repr=False)
+
+    def repeated(self, trials: int) -> "_GoldenSide":
+        """The same for ``trials`` runs one after the other (kept once made)."""
+        if trials == 1:
+            return self
+        if trials not in self.copies:
+            rep = lambda t: None if t is None else t.repeat(trials, *([1] * (t.dim() - 1)))  # noqa: E731
+            self.copies[trials] = _GoldenSide(rep(self.logits), rep(self.labels), rep(self.top1),
+                                              rep(self.top1_probability))
+        return self.copies[trials]
 
 
 #: the last golden side with what it was computed from: weak references to the golden and label

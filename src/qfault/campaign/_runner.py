@@ -324,6 +324,10 @@ def trial_seed(spec: CampaignSpec, point: dict, repetition: int) -> int:
     return derive_seed(spec.seed, json.dumps(point, sort_keys=True), repetition) >> 1
 
 
+#: trials of a fixed count handed to the executor at once (a crash loses at most these, unstored)
+TRIALS_PER_TASK = 8
+
+
 def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progress: bool = True,
                  log: Callable[[str], None] = print, model: nn.Module | None = None,
                  batches: list | None = None) -> CampaignResult:
@@ -388,7 +392,9 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
             for index, point in enumerate(points):
                 if fixed is not None:
                     todo = [(index, point, r) for r in range(per_point[index]) if (index, r) not in done]
-                    chunks = [todo[i:i + stack] for i in range(0, len(todo), stack)]
+                    # several trials per task: classified in one pass, their rows stored when it returns
+                    group = max(stack, TRIALS_PER_TASK)
+                    chunks = [todo[i:i + group] for i in range(0, len(todo), group)]
                     for rows in executor.map(run_trial, chunks):
                         for row in rows:
                             store.add_trial(row)
