@@ -16,7 +16,7 @@ from ..formats._base import gather_param
 from ._models import (
     BitFlip, FaultModel, FullFlip, HwPeriodic, LSBFlip, MSBFlip, RandomValue, StuckAt, get_fault,
 )
-from ._sampling import bernoulli_array, bernoulli_positions, ceil_count, distinct, distinct_array, make_generator
+from ._sampling import bernoulli_array, bernoulli_positions, ceil_count, distinct_array, make_generator
 
 XOR, STUCK, RANDOM = "xor", "stuck", "random"
 
