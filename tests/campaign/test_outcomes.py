@@ -533,3 +533,9 @@ def test_classify_several_trials_at_once_equals_one_at_a_time():
         classify(golden, golden, labels, trials=0)
     with pytest.raises(QFaultConfigError, match="blocks"):
         classify(golden, golden, labels).block_counts(7)
+
+
+def test_labels_that_are_not_a_tensor_are_refused_by_name():
+    golden = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(QFaultConfigError, match="labels"):
+        classify(golden, golden, [0, 1])

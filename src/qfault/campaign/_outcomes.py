@@ -395,6 +395,8 @@ _last_golden: dict = {}
 def _golden_side(golden_logits: Tensor, labels: Tensor | None, probability: bool) -> _GoldenSide:
     """The golden-only part of :func:`classify`, validated; reused while the same golden and
     label tensors come back unmodified (a campaign classifies every trial against one golden run)."""
+    if labels is not None and not isinstance(labels, Tensor):
+        return _compute_golden_side(golden_logits, labels, probability)  # refused there, by name
     versions = (golden_logits._version, None if labels is None else labels._version, probability)
     last = _last_golden.get("entry")
     if last is not None and last[0]() is golden_logits and last[2] == versions \

@@ -88,8 +88,8 @@ def distinct_array(n: int, k: int, generator: torch.Generator) -> np.ndarray:
         more = torch.randint(n, (k - have.size,), generator=generator, dtype=torch.int64).numpy()
         if more.size <= 8:  # the usual case: merge a few positions without sorting everything again
             at = have.searchsorted(more)
-            new = {int(v) for v, i in zip(more.tolist(), at.tolist()) if i == have.size or have[i] != v}
-            have = np.insert(have, have.searchsorted(sorted(new)), sorted(new)) if new else have
+            fresh = sorted({int(v) for v, i in zip(more.tolist(), at.tolist()) if i == have.size or have[i] != v})
+            have = np.insert(have, have.searchsorted(fresh), fresh) if fresh else have
         else:
             have = _sorted_unique(np.concatenate([have, more]))
     return have
