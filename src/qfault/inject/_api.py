@@ -594,12 +594,18 @@ class _ParamGroup:
                 continue
             out[id(site)] = (part, c, f)
             if observe:
-                site_draw = self._site_draw(draw, part, end - len(part), end, index, tables, site, param)
-                if site.spec.track_statistics:
-                    scale_, zero_, axis_ = site.float_qparams(param, fmt, is_weight=True)
-                    site._record(param, fmt, scale_, zero_, axis_, o, n, c, f)
-                self.handle._notify(site, site_draw, o, n)
+                self._report(site, param, draw, part, end - len(part), end, tables, o, n, c, f)
         return out
+
+    def _report(self, site: _SiteRuntime, param: torch.Tensor, draw: FaultDraw, local: torch.Tensor, lo: int,
+                hi: int, tables: dict, old, new, clean, faulty) -> None:
+        """Statistics and listeners of one tensor's part ``lo:hi`` of the joint draw."""
+        fmt = self.spec.format
+        site_draw = self._site_draw(draw, local, lo, hi, draw.index, tables, site, param)
+        if site.spec.track_statistics:
+            scale, zero, axis = site.float_qparams(param, fmt, is_weight=True)
+            site._record(param, fmt, scale, zero, axis, old, new, clean, faulty)
+        self.handle._notify(site, site_draw, old, new)
 
     @staticmethod
     def _numpy_route(params: list[torch.Tensor], draw: FaultDraw, fmt: NumberFormat, grad_enabled: bool) -> bool:
@@ -644,13 +650,8 @@ class _ParamGroup:
                 continue
             out[id(site)] = (local[lo:hi], clean[lo:hi], faulty[lo:hi], view)
             if observe:
-                site_draw = self._site_draw(draw, torch.from_numpy(local[lo:hi]), lo, hi, draw.index, tables,
-                                            site, param)
-                o, n, c, f = (torch.from_numpy(a[lo:hi]) for a in (old, new, clean, faulty))
-                if site.spec.track_statistics:
-                    scale_, zero_, axis_ = site.float_qparams(param, fmt, is_weight=True)
-                    site._record(param, fmt, scale_, zero_, axis_, o, n, c, f)
-                self.handle._notify(site, site_draw, o, n)
+                self._report(site, param, draw, torch.from_numpy(local[lo:hi]), lo, hi, tables,
+                             *(torch.from_numpy(a[lo:hi]) for a in (old, new, clean, faulty)))
         return out
 
     @staticmethod
