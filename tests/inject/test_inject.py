@@ -937,6 +937,41 @@ def test_cpu_and_cuda_draw_identical_faults():
         assert torch.equal(a, b)
 
 
+def _fast_path_faults_on(device: str, batch: int):
+    """Faults of the CPU fast paths' cases on ``device``: a weight group of two tensors over
+    enough forwards for draws to be made ahead, one flip per image at ``batch``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(RecordingLinear(12, 8), nn.ReLU(), RecordingLinear(8, 6)).eval().to(device)
+    x = inputs((batch, 12)).to(device)
+    specs = [InjectSpec(fault=BitFlip(ber=0.02), site="weight", format="int8", seed=3),
+             InjectSpec(fault=BitFlip(count=1), site="output", types=("ReLU",), format="int8", per_image=True,
+                        seed=4)]
+    rec = Recorder()
+    acts = []
+    with inject(model, specs) as handle:
+        handle.add_listener(rec)
+        model[1].register_forward_hook(lambda m, a, o: acts.append(o.detach().cpu()))
+        with torch.no_grad():
+            for _ in range(8):
+                model(x)
+    calls = [(n, d.index.cpu(), d.mask.cpu(), o.cpu(), nw.cpu()) for n, d, o, nw in rec.calls]
+    return calls, acts, model[0].seen + model[2].seen
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("batch", [1, 9])
+def test_cpu_fast_paths_and_cuda_give_identical_faults(batch):
+    cpu_calls, cpu_acts, cpu_weights = _fast_path_faults_on("cpu", batch)
+    gpu_calls, gpu_acts, gpu_weights = _fast_path_faults_on("cuda", batch)
+    assert len(cpu_calls) == len(gpu_calls) == 8 * 3  # 8 forwards: two weights, one activation
+    for c, g in zip(cpu_calls, gpu_calls):
+        assert c[0] == g[0] and all(torch.equal(a, b) for a, b in zip(c[1:], g[1:]))
+    assert len(gpu_acts) == 8 and len(gpu_weights) == 16
+    for a, b in zip(cpu_acts + cpu_weights, gpu_acts + gpu_weights):  # faulty activations, weights seen
+        assert torch.equal(a, b)
+
+
 # --------------------------------------------------------------------------------------------
 # regressions of defects found and fixed
 
