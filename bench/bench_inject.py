@@ -150,7 +150,6 @@ def stage_breakdown(kind: str, batch: int, base, device, args) -> None:
     """Unprofiled cost per forward of each stage of qfault's fault path (uses qfault internals)."""
     import timeit
 
-    from qfault.faults import binomial, distinct, draw_faults, make_generator
     from qfault.inject._api import _fault_any, _per_image_draw
     from qfault.inject._grad import replace_at
 
@@ -166,30 +165,33 @@ def stage_breakdown(kind: str, batch: int, base, device, args) -> None:
 
     with qfault.inject(model, spec_for(kind)) as handle, grad_context(args.grad_mode):
         if kind == "weight":
-            for site in handle.sites:
-                p, fmt = site.module.weight, site.spec.format
-                sc, zp, ax = site.float_qparams(p, fmt, True)
-                g = make_generator(1)
-                n = p.numel() * fmt.bits
-                k = binomial(n, site.spec.fault.ber, g)
-                d = draw_faults(site.spec.fault, tuple(p.shape), fmt, g).to(p.device)
-                clean_v, faulty_v = site.faulty_values(p, fmt, sc, zp, ax, d)
-                flat = p.data.view(-1)
-                add("make_generator (blake2b seed + torch.Generator)", t_us(lambda: site._generator("transient", 3)))
-                add("  binomial count (torch.binomial on 1-elem tensors)", t_us(lambda: binomial(n, site.spec.fault.ber, g)))
-                add("  distinct positions (randint, cat, unique, randperm, sort)", t_us(lambda: distinct(n, k, g)))
-                add("draw_faults total (incl. the two above + grouping)", t_us(lambda: draw_faults(site.spec.fault, tuple(p.shape), fmt, g)))
-                add("faulty_values (gather scale/zp, encode, xor, decode, where)", t_us(lambda: site.faulty_values(p, fmt, sc, zp, ax, d)))
-                add("write faulty + restore clean (2 index_put)",
-                    t_us(lambda: (flat.__setitem__(d.index, faulty_v), flat.__setitem__(d.index, clean_v))))
+            # the 13 weights are one group: one joint draw, one codec pass, a write and a restore each
+            group = handle.param_groups[0]
+            modules = handle._modules_for(model)
+            params = [m._parameters["weight"] for m in modules]
+            tables = group._tables(params)
+            draw = group._make_draw(tables, "transient", 1)
+            add(f"draw: make_generator + draw_faults ({len(draw)} faulty elements)",
+                t_us(lambda: group._make_draw(tables, "transient", 1)))
+            add("  made 8 forwards ahead: draw per forward (after 4 in a row)",
+                t_us(lambda: [group._make_draw(tables, "transient", c) for c in range(8)], 20) / 8)
+            add("prepare: split by tensor, gather, numpy codec",
+                t_us(lambda: group._prepare_numpy(params, [True] * len(params), draw, tables, False)))
 
-            def hooks_only():
-                for site in handle.sites:
-                    for hk in list(site.module._forward_pre_hooks.values()):
-                        hk(site.module, ())
-                    for hk in list(site.module._forward_hooks.values()):
-                        hk(site.module, (), None)
-            add("ALL hooks of the 13 sites, called directly (no conv)", t_us(hooks_only, 50))
+            def apply_and_undo():
+                handle._apply_params(modules)
+                handle._undo_forward()
+            add("apply + undo (draw, prepare, 13 writes and restores)", t_us(apply_and_undo))
+            x = torch.randn(batch, 3, 32, 32, device=device)
+            clean = copy.deepcopy(base)
+
+            def between_forwards():  # the same steps right after a forward: the caches are cold
+                clean(x)
+                start = time.perf_counter()
+                apply_and_undo()
+                return time.perf_counter() - start
+            samples = sorted(between_forwards() for _ in range(100))
+            add("apply + undo right after a forward (median of 100)", samples[50] * 1e6)
         else:
             x = torch.randn(batch, 3, 32, 32, device=device)
             outs = {}
@@ -214,7 +216,7 @@ def stage_breakdown(kind: str, batch: int, base, device, args) -> None:
                 handle.chosen[site.spec_id] = site.position
                 add("chosen layer's hook total (_fault_any)", w * t_us(lambda: _fault_any(site, site.module, o)))
     print(f"stage costs per forward, unprofiled ({kind}, batch {batch}; "
-          f"{'sum over the 13 weight sites' if kind == 'weight' else 'mean over the 10 ReLU layers'}):")
+          f"{'the group of the 13 weights' if kind == 'weight' else 'mean over the 10 ReLU layers'}):")
     for key, us in stages.items():
         print(f"  {key:62s} {fmt_time(us * 1e-6):>10s}")
 
