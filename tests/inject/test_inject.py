@@ -657,14 +657,19 @@ def test_per_image_one_bitflip_per_image():
     handle.remove()
 
 
-@pytest.mark.parametrize("batch", [1, 2, 4, 5, 64])
+@pytest.mark.parametrize("batch, channels_last", [(1, False), (2, False), (4, False), (5, False), (64, False),
+                                                  (1, True), (5, True)])
 @pytest.mark.parametrize("fmt", [IntFormat(8), IntFormat(4, rounding="half_up"), IntFormat(8, range="narrow")])
-def test_per_image_flip_fast_paths_equal_the_tensor_path(batch, fmt):
+def test_per_image_flip_fast_paths_equal_the_tensor_path(batch, channels_last, fmt):
     """Outside autograd one flip per image runs in Python numbers (batch <= 4) or numpy; with
-    autograd recording, in tensor operations. Same seed: the same faulty outputs and records."""
+    autograd recording, in tensor operations. Same seed: the same faulty outputs and records,
+    also for channels-last (non-contiguous) activations."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3)).eval()
     x = inputs((batch, 3, 6, 6))
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+        assert not model[0](x).is_contiguous()
     spec = InjectSpec(fault=BitFlip(count=1), site="output", types=("Conv2d",), format=fmt, per_image=True, seed=8)
     runs = []
     for grad in (False, True):

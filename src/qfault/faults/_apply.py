@@ -449,8 +449,6 @@ def fault_values(fmt: NumberFormat, values: torch.Tensor, draw: FaultDraw, scale
     fixed-point formats NaN/inf have no code and stay as they are (``finite=True`` skips that check
     when the caller knows); IEEE formats flip their bits like any other.
     """
-    if finite and len(values) <= SMALL_DRAW and _small_path(fmt, values, draw, scale, zero_point):
-        return _small_fault_values(fmt, values, draw, scale, zero_point)
     if isinstance(fmt, FloatFormat):
         old = fmt.encode(values)
         new = apply_to_codes(fmt, old, draw)
@@ -464,10 +462,6 @@ def fault_values(fmt: NumberFormat, values: torch.Tensor, draw: FaultDraw, scale
     return old, new, torch.where(new != old, faulty, values)
 
 
-#: at most this many finite values on the CPU take the numpy path of :func:`fault_values`
-SMALL_DRAW = 64
-
-
 def _scalar(param) -> float | int | None:
     """A per-tensor parameter as a Python number (None: not per tensor)."""
     if param is None or isinstance(param, (int, float)):
@@ -475,21 +469,6 @@ def _scalar(param) -> float | int | None:
     if isinstance(param, torch.Tensor) and param.numel() == 1 and param.device.type == "cpu":
         return param.item()
     return None
-
-
-def _small_path(fmt, values: torch.Tensor, draw: FaultDraw, scale, zero_point) -> bool:
-    return (isinstance(fmt, IntFormat) and draw.op == XOR and values.dtype == torch.float32
-            and values.device.type == "cpu" and not values.requires_grad
-            and (scale is None or _scalar(scale) is not None)
-            and (zero_point is None or _scalar(zero_point) is not None))
-
-
-def _small_fault_values(fmt: IntFormat, values: torch.Tensor, draw: FaultDraw, scale, zero_point):
-    """:func:`fault_values` of a few finite float32 values on the CPU under XOR faults with a
-    per-tensor scale: the same IEEE float32 operations in numpy, whose dispatch costs a fraction
-    of torch's on tiny arrays (this is the hot path of one bit flip per image at batch 1)."""
-    old, new, faulty = xor_values_numpy(fmt, values.numpy(), draw.mask.numpy(), _scalar(scale), _scalar(zero_point))
-    return torch.from_numpy(old), torch.from_numpy(new), torch.from_numpy(faulty)
 
 
 def xor_values_numpy(fmt: IntFormat, values: np.ndarray, mask: np.ndarray, scale=None, zero=None):

@@ -262,10 +262,10 @@ class _SiteRuntime:
     def _numpy_parameters(self, x: torch.Tensor, fmt: NumberFormat, scale, zero_point, axis,
                           draw: FaultDraw) -> tuple | None:
         """``(scale, zero point)`` as Python numbers where :meth:`_corrupt_numpy` applies: XOR
-        faults in a contiguous float32 CPU tensor with a per-tensor scale, outside autograd and
-        stacked trials. None otherwise."""
+        faults in a float32 CPU tensor with a per-tensor scale, outside autograd and stacked
+        trials. None otherwise."""
         if not (len(draw) <= NUMPY_DRAW and draw.op == XOR and axis is None and isinstance(fmt, IntFormat)
-                and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
+                and x.device.type == "cpu" and x.dtype == torch.float32
                 and not (x.requires_grad and torch.is_grad_enabled()) and self.handle.trial_seeds is None):
             return None
         numbers = (_scalar(scale), _scalar(zero_point))
@@ -283,7 +283,8 @@ class _SiteRuntime:
         observed = self.spec.track_statistics or self.handle._listeners
         scale_number, zero_number = numbers
         if isinstance(draw, ScalarDraw) and (zero_number is None or float(zero_number).is_integer()):
-            out = x.clone()  # outside autograd: a plain tensor whose memory numpy may write
+            # outside autograd: a plain contiguous copy (as replace_at makes) that numpy may write
+            out = x.clone(memory_format=torch.contiguous_format)
             target = out.numpy()
             values = [target.item(element) for element in draw.elements]
             if not all(map(math.isfinite, values)):
@@ -310,7 +311,7 @@ class _SiteRuntime:
                 self._record(x, fmt, scale, zero_point, None, old_t, new_t, torch.from_numpy(values),
                              torch.from_numpy(faulty))
             self.handle._notify(self, draw, old_t, new_t)
-        out = x.clone()
+        out = x.clone(memory_format=torch.contiguous_format)
         out.numpy().reshape(-1)[index] = faulty
         return out
 
@@ -334,23 +335,16 @@ class _SiteRuntime:
             per_image = x.shape[0] // trials
             zero = None if fmt.signed else zero.to(x.device).repeat_interleave(per_image)
             return scale.to(x.device).repeat_interleave(per_image), zero, 0
-        if fmt.signed and x.numel():  # per-tensor symmetric scale as a Python number
-            if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float16, torch.bfloat16) \
-                    and fmt.code_max > 0:
-                # calibrate()'s float32 steps on two scalars: max and negation are exact, and a
-                # quotient of float32 numbers computed in double and rounded once to float32 is
-                # the float32 quotient
-                low, high = torch.aminmax(x.detach())
-                low, high = low.item(), high.item()
-                if not (math.isfinite(low) and math.isfinite(high)):
-                    return self._calibrated(x, fmt)
-                scale = _float32(max(high, -low) / fmt.code_max)
-            elif x.device.type == "cpu":
-                low, high = torch.aminmax(x.detach())
-                peak = np.maximum(np.float32(high.item()), np.float32(-low.item()))
-                scale = float(peak / np.float32(fmt.code_max))
+        if fmt.signed and x.numel() and fmt.code_max > 0:  # per-tensor symmetric scale as a Python number
+            low, high = torch.aminmax(x.detach())
+            if x.device.type == "cpu":
+                # calibrate()'s float32 steps on two scalars: its values in float32, then max and
+                # negation (exact) and a quotient computed in double and rounded once to float32
+                # (which is the float32 quotient)
+                low, high = _float32(low.item()), _float32(high.item())
+                finite = math.isfinite(low) and math.isfinite(high)
+                scale = _float32(max(high, -low) / fmt.code_max) if finite else math.nan
             else:
-                low, high = torch.aminmax(x.detach())
                 scale = float(torch.maximum(high, -low).float() / fmt.code_max)
             if math.isfinite(scale):
                 return (scale if scale > 0 else 1.0), None, None
