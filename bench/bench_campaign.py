@@ -35,7 +35,7 @@ from qfault.campaign import CampaignSpec, classify, run_campaign  # noqa: E402
 from qfault.campaign._runner import load_batches, predict, trial_seed  # noqa: E402
 from qfault.data import load_demo_model  # noqa: E402
 from qfault.faults import derive_seed  # noqa: E402
-from qfault.inject import InjectSpec, inject  # noqa: E402
+from qfault.injection import InjectSpec, inject  # noqa: E402
 
 WORKLOADS = {
     "weight 1 bit": {"fault": {"type": "bit_flip", "count": 1}, "site": "weight", "persistence": "permanent"},
@@ -57,7 +57,7 @@ def naive(spec: CampaignSpec, model, batches) -> int:
     golden = predict(model, batches)
     labels = torch.cat([y for _, y in batches])
     first = {k: v for k, v in spec.faults[0].items() if k != "indices"}
-    from qfault.inject import select_modules
+    from qfault.injection import select_modules
 
     layers = len(select_modules(model, InjectSpec.from_dict(first)))
     trials = 0

@@ -150,8 +150,8 @@ def stage_breakdown(kind: str, batch: int, base, device, args) -> None:
     """Unprofiled cost per forward of each stage of qfault's fault path (uses qfault internals)."""
     import timeit
 
-    from qfault.inject._api import _fault_any, _per_image_draw
-    from qfault.inject._grad import replace_at
+    from qfault.injection._api import _fault_any, _per_image_draw
+    from qfault.injection._grad import replace_at
 
     def t_us(fn, n=100):
         fn()

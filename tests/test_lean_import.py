@@ -41,7 +41,7 @@ def test_cli_help_does_not_import_torch():
 def test_inject_name_is_callable_even_after_subpackage_import():
     result = run(
         "import torch\n"
-        "from qfault.inject import InjectSpec\n"
+        "from qfault.injection import InjectSpec\n"
         "h = qfault.inject(torch.nn.Linear(2, 2), InjectSpec(fault=qfault.BitFlip(ber=0.5), format='int8', seed=0))\n"
         "h.remove()\n"
     )

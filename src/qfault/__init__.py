@@ -15,10 +15,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # verbs
     "corrupt": "qfault.faults",
-    "inject": "qfault.inject._api",
+    "inject": "qfault.inject",
     # configuration
-    "InjectSpec": "qfault.inject",
-    "InjectionHandle": "qfault.inject",
+    "InjectSpec": "qfault.injection",
+    "InjectionHandle": "qfault.injection",
     "BitFlip": "qfault.faults",
     "StuckAt": "qfault.faults",
     # formats
@@ -36,20 +36,29 @@ _EXPORTS = {
 __all__ = list(_EXPORTS) + ["__version__"]
 
 
+#: subpackages reached as attributes of ``qfault`` (imported on first use)
+_SUBPACKAGES = ("formats", "faults", "injection", "layers", "mitigation", "campaign", "data", "cli")
+
+
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
+    if name == "inject":  # the verb: a callable module, the same object however it is reached
+        value = importlib.import_module("qfault.inject")
+    elif name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'qfault' has no attribute {name!r}")
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"qfault.{name}")
+    else:
+        raise AttributeError(f"module 'qfault' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_SUBPACKAGES))
 
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._errors import QFaultConfigError
     from .faults import BitFlip, StuckAt, corrupt, get_fault, list_faults
     from .formats import FixedPoint, FloatFormat, IntFormat, get_format, list_formats
-    from .inject import InjectionHandle, InjectSpec, inject
+    from .injection import InjectionHandle, InjectSpec, inject

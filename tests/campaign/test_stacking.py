@@ -61,7 +61,7 @@ def test_stacked_blocks_equal_separate_trials(name, brevitas):
         expected.append(outs)
         changed.append(sum(int((old != new).sum()) for _, _, old, new in recorder.calls))
     with torch.no_grad(), inject(model, InjectSpec.from_dict({**base, "seed": 0})) as handle:
-        handle._stack_trials(seeds)
+        handle.stack_trials(seeds)
         stacked = [values(model(x.repeat(3, *([1] * (x.dim() - 1))))) for _ in range(2)]
         assert handle.trial_changed.tolist() == changed
     assert sum(changed) > 0
@@ -78,12 +78,12 @@ def test_weight_sites_and_random_layers_cannot_be_stacked():
     model = tiny_digits_mlp()
     with inject(model, InjectSpec(fault={"type": "bit_flip", "ber": 0.01}, site="weight", format="int8")) as h:
         with pytest.raises(ValueError, match="cannot be stacked"):
-            h._stack_trials([[1], [2]])
+            h.stack_trials([[1], [2]])
     spec = InjectSpec(fault={"type": "bit_flip", "count": 1}, site="output", types=["ReLU"], format="int8",
                       layer_mode="random_per_forward")
     with inject(model, spec) as h:
         with pytest.raises(ValueError, match="cannot be stacked"):
-            h._stack_trials([[1], [2]])
+            h.stack_trials([[1], [2]])
 
 
 @pytest.fixture

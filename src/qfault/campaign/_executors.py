@@ -58,11 +58,11 @@ class TrialContext:
 
     def inject(self, index: int, specs: list):
         """``inject(model, specs)`` for a trial of point ``index``, selecting modules once per point."""
-        from ..inject._api import _inject, select_modules
+        from ..injection import inject, select_modules
 
         if index not in self.selections:
             self.selections[index] = [select_modules(self.model, s) for s in specs]
-        return _inject(self.model, specs, self.selections[index])
+        return inject(self.model, specs, selections=self.selections[index])
 
 
 def execute_trial(context: TrialContext, item: tuple[int, dict, int], *, golden_logits: torch.Tensor | None = None):
@@ -79,7 +79,7 @@ def execute_trial(context: TrialContext, item: tuple[int, dict, int], *, golden_
 def _run_trial(context: TrialContext, item: tuple[int, dict, int]) -> tuple:
     """One trial's faulty pass: ``(item, seed, logits [N, C], values changed, seconds)``."""
     from ..faults import derive_seed
-    from ..inject import InjectSpec
+    from ..injection import InjectSpec
     from ._runner import predict, trial_seed
     from ._spec import point_faults, point_mitigation
 
@@ -138,7 +138,7 @@ def _rows(context: TrialContext, runs: list[tuple], golden_logits: torch.Tensor 
 def stackable(spec, points: list[dict]) -> bool:
     """Whether trials of ``spec`` may share a forward: every fault of every point acts on
     activations (outputs/inputs) of a fixed layer set, and no stuck-at mitigation changes weights."""
-    from ..inject import InjectSpec
+    from ..injection import InjectSpec
     from ._spec import point_faults
 
     if spec.mitigation is not None:
@@ -181,7 +181,7 @@ def execute_trials(context: TrialContext, items: list[tuple[int, dict, int]], *,
     and last batch, on this worker's device); where it fails, the trials run one by one.
     """
     from ..faults import derive_seed
-    from ..inject import InjectSpec
+    from ..injection import InjectSpec
     from ._runner import trial_seed
     from ._spec import point_faults
 
@@ -210,7 +210,7 @@ def execute_trials(context: TrialContext, items: list[tuple[int, dict, int]], *,
     start = time.monotonic()
     specs = [InjectSpec.from_dict({**f, "seed": 0, "track_statistics": False}) for f in faults]
     with context.inject(index, specs) as handle:
-        handle._stack_trials([[derive_seed(seed, i) >> 1 for i in range(len(faults))] for seed in seeds])
+        handle.stack_trials([[derive_seed(seed, i) >> 1 for i in range(len(faults))] for seed in seeds])
         with prefix.replay(names) if prefix is not None else contextlib.nullcontext():
             logits = stacked_logits(context.model, context.batches, len(items), prefix)
         changed = handle.trial_changed.tolist()

@@ -164,7 +164,7 @@ def repeat_batch(x, times: int):
     """``times`` copies of ``x`` along dim 0 (tensors and QuantTensors, see ``can_repeat_batch``)."""
     if isinstance(x, torch.Tensor):
         return x.repeat(times, *([1] * (x.dim() - 1)))
-    from ..inject._api import _replace_value
+    from ..injection import tensor_value, with_value
 
-    value = x.value
-    return _replace_value(x, value.repeat(times, *([1] * (value.dim() - 1))))
+    value = tensor_value(x)
+    return with_value(x, value.repeat(times, *([1] * (value.dim() - 1))))

@@ -12,7 +12,7 @@ from torch import nn
 
 from .._errors import QFaultConfigError
 from ..faults import derive_seed
-from ..inject import InjectSpec, select_modules
+from ..injection import InjectSpec, quantizer_name, select_modules
 from ._outcomes import golden_run
 from ._prefix import PrefixCache, reusable_prefix, trace_order
 from ._spec import CampaignSpec, point_faults
@@ -260,13 +260,14 @@ def _prepare_prefix(spec: CampaignSpec, model: nn.Module, batches: list, points:
     """
     if not spec.reuse_prefix or not batches:
         return None, {}, None
-    from ..inject._api import _is_quant_proxy
-
     # the call order does not depend on the inputs (replay assumes as much): two images show it
     order = trace_order(model, batches[0][0][:2])
     # Brevitas weight quantizers recompute the same codes on every forward in eval mode
-    proxies = {name: (f"{name}.weight_quant" if name else "weight_quant") for name, module in model.named_modules()
-               if _is_quant_proxy(getattr(module, "weight_quant", None))}
+    proxies = {}
+    for name, module in model.named_modules():
+        attr = quantizer_name(module, "weight")
+        if attr is not None:
+            proxies[name] = f"{name}.{attr}" if name else attr
     names, constants = {}, {}
     for index, point in enumerate(points):
         faulted, float_params, sites = set(), set(), set()
@@ -310,10 +311,9 @@ def _clean_faulted_output(model: nn.Module, order: dict, faulted: set[str]) -> l
     if not name or order.get(name, (0, 0, 0))[2] != 1:
         return []
     module = model.get_submodule(name)
-    from ..inject._api import _is_quant_proxy
-
-    if _is_quant_proxy(getattr(module, "act_quant", None)):  # replay the proxy: its hook must run
-        proxy = f"{name}.act_quant"
+    attr = quantizer_name(module, "output")
+    if attr is not None:  # replay the proxy: its hook must run
+        proxy = f"{name}.{attr}"
         return [proxy] if order.get(proxy, (0, 0, 0))[2] == 1 else []
     return [name]
 

@@ -143,7 +143,7 @@ class CampaignSpec:
     stack_trials: int | str = "auto"
 
     def __post_init__(self) -> None:
-        from ..inject import InjectSpec
+        from ..injection import InjectSpec
 
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         if not isinstance(self.name, str) or not self.name:
@@ -283,7 +283,7 @@ class CampaignSpec:
 
 
 def _inject_spec(field_name: str, data: Any, sweep_point: dict | None = None):
-    from ..inject import InjectSpec
+    from ..injection import InjectSpec
 
     if not isinstance(data, dict):
         raise QFaultConfigError(field_name, data, "a mapping of InjectSpec fields")

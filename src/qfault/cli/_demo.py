@@ -13,7 +13,7 @@ import torch
 from .._errors import QFaultConfigError, check_range
 from ..data import accuracy, load_demo_model, load_digits_split
 from ..faults import BitFlip, RandomValue, derive_seed
-from ..inject import InjectSpec, inject
+from ..injection import InjectSpec, inject
 
 MODEL_NAME = "digits_cnn"
 

@@ -222,7 +222,7 @@ def _weights_seen(model: nn.Module) -> tuple[dict, list]:
 def test_cpu_weight_fast_path_equals_the_tensor_path(fmt, monkeypatch):
     """Under no_grad the CPU weight group computes and writes through numpy; with grad it uses
     tensor operations. Both must fault the same weights to the same values and codes."""
-    from qfault.inject._api import _ParamGroup
+    from qfault.injection._api import _ParamGroup
 
     taken = []
     original = _ParamGroup._prepare_numpy
@@ -281,7 +281,7 @@ def test_cpu_weight_fast_path_leaves_non_finite_weights_alone():
 def test_weight_draws_made_ahead_equal_draws_made_per_forward(monkeypatch):
     """After a few forwards in a row the draws of the next forwards are made together: the same
     faults as one draw per forward, also across a reset, a disabled forward and a new seed."""
-    from qfault.inject._api import _ParamGroup
+    from qfault.injection._api import _ParamGroup
 
     def records(prefetch_after: int) -> tuple[list, int]:
         monkeypatch.setattr(_ParamGroup, "PREFETCH_AFTER", prefetch_after)

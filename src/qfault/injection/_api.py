@@ -703,7 +703,7 @@ class InjectionHandle:
         self._run_hooks: dict[int, list] = {}      # spec id -> hooks of its random_per_run layer
         self._forward_hooks: list = []              # hooks of this forward's random layers
         self._restore: list = []                    # undo of this forward's parameter faults
-        #: stacked trials (see ``_stack_trials``): per trial, one seed per spec; None when off
+        #: stacked trials (see ``stack_trials``): per trial, one seed per spec; None when off
         self.trial_seeds: list[list[int]] | None = None
         self.trial_changed = torch.zeros(0, dtype=torch.int64)
 
@@ -772,7 +772,7 @@ class InjectionHandle:
         return f"InjectionHandle(sites={len(self.sites)}, enabled={self.enabled}, seeds={self.seeds})"
 
     # -- internals ---------------------------------------------------------------------------
-    def _stack_trials(self, seeds: Sequence[Sequence[int]]) -> None:
+    def stack_trials(self, seeds: Sequence[Sequence[int]]) -> None:
         """Evaluate several trials in one forward: the batch holds ``len(seeds)`` equal blocks,
         block ``k`` faulted exactly as a handle whose spec seeds are ``seeds[k]`` faults that block
         alone. Only for activation sites (outputs/inputs) of ``layer_mode="all"`` specs; the
@@ -998,12 +998,15 @@ def _quant_output_hook(site: _SiteRuntime, batched: bool):
     return hook
 
 
-def inject(model: nn.Module, spec: "InjectSpec | dict | Sequence[InjectSpec | dict]") -> InjectionHandle:
+def inject(model: nn.Module, spec: "InjectSpec | dict | Sequence[InjectSpec | dict]", *,
+           selections: "Sequence[list[tuple[str, nn.Module]]] | None" = None) -> InjectionHandle:
     """Attach faults to ``model`` in place and return a handle to control and undo them.
 
     Args:
         model: any ``nn.Module`` (plain float, Brevitas-quantized, or mixed).
         spec: one :class:`InjectSpec` (or its dict form), or a list of them.
+        selections: the modules of each spec as :func:`select_modules` returns them, for callers
+            that inject the same selection many times (a campaign's trials select once).
 
     Returns:
         An :class:`InjectionHandle` with ``enable()``, ``disable()``, ``reset()``, ``remove()``
@@ -1023,7 +1026,11 @@ def inject(model: nn.Module, spec: "InjectSpec | dict | Sequence[InjectSpec | di
     specs = [s if isinstance(s, InjectSpec) else InjectSpec.from_dict(s) for s in specs]
     if not specs:
         raise QFaultConfigError("spec", [], "at least one InjectSpec")
-    return _inject(model, specs, [select_modules(model, s) for s in specs])
+    if selections is None:
+        selections = [select_modules(model, s) for s in specs]
+    elif len(selections) != len(specs):
+        raise QFaultConfigError("selections", len(selections), f"one selection per spec ({len(specs)})")
+    return _inject(model, specs, list(selections))
 
 
 def _inject(model: nn.Module, specs: list[InjectSpec], selections: list[list[tuple[str, nn.Module]]]) -> InjectionHandle:

@@ -1,0 +1,15 @@
+"""Where faults go in a model: sites, selection, quantized-layer adapters and the ``inject`` verb."""
+
+from ._adapters import (
+    ADAPTERS, QuantAdapter, default_activation_types, is_quantized, quantizer_name, register_adapter, tensor_value,
+    with_value,
+)
+from ._api import InjectionHandle, inject, select_modules
+from ._grad import replace_at
+from ._spec import InjectSpec, Mode, Site
+from ._stats import SiteStats, Statistics
+
+__all__ = ["inject", "InjectSpec", "InjectionHandle", "Site", "Mode", "Statistics", "SiteStats",
+           "select_modules", "replace_at",
+           "ADAPTERS", "QuantAdapter", "register_adapter", "quantizer_name", "is_quantized", "tensor_value",
+           "with_value", "default_activation_types"]
