@@ -31,6 +31,7 @@ _EXPORTS = {
     "get_fault": "qfault.faults",
     "list_faults": "qfault.faults",
     "QFaultConfigError": "qfault._errors",
+    "Handle": "qfault._handle",
 }
 
 __all__ = list(_EXPORTS) + ["__version__"]
@@ -59,6 +60,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._errors import QFaultConfigError
+    from ._handle import Handle
     from .faults import BitFlip, StuckAt, corrupt, get_fault, list_faults
     from .formats import FixedPoint, FloatFormat, IntFormat, get_format, list_formats
     from .injection import InjectionHandle, InjectSpec, inject

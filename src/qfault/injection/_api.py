@@ -998,6 +998,24 @@ def _quant_output_hook(site: _SiteRuntime, batched: bool):
     return hook
 
 
+#: config type -> ``fn(model, config) -> handle``: the fault configs :func:`inject` accepts besides
+#: :class:`InjectSpec` (capabilities register theirs, e.g. ``qfault.mitigation.StuckAtSpec``)
+CONFIG_HANDLERS: dict[type, Any] = {}
+
+
+def register_config(config_type: type):
+    """Decorator: ``inject(model, config)`` with a ``config_type`` instance calls the decorated
+    ``fn(model, config)``, which returns a handle (see :class:`qfault.Handle`)."""
+
+    def wrap(fn):
+        if config_type in CONFIG_HANDLERS:
+            raise ValueError(f"a handler for {config_type.__name__} is already registered")
+        CONFIG_HANDLERS[config_type] = fn
+        return fn
+
+    return wrap
+
+
 def inject(model: nn.Module, spec: "InjectSpec | dict | Sequence[InjectSpec | dict]", *,
            selections: "Sequence[list[tuple[str, nn.Module]]] | None" = None) -> InjectionHandle:
     """Attach faults to ``model`` in place and return a handle to control and undo them.
@@ -1022,6 +1040,11 @@ def inject(model: nn.Module, spec: "InjectSpec | dict | Sequence[InjectSpec | di
         >>> with inject(model, spec) as handle:
         ...     y = model(torch.ones(1, 4))
     """
+    handler = CONFIG_HANDLERS.get(type(spec))
+    if handler is not None:  # another kind of fault config (e.g. stuck-at cells with mitigation)
+        if selections is not None:
+            raise QFaultConfigError("selections", "given", f"None for a {type(spec).__name__}")
+        return handler(model, spec)
     specs = spec if isinstance(spec, (list, tuple)) else [spec]
     specs = [s if isinstance(s, InjectSpec) else InjectSpec.from_dict(s) for s in specs]
     if not specs:
