@@ -106,3 +106,10 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
     print(line)
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+
+
+def verdict(ratio: float, goal: float | None) -> str:
+    """``PASS``/``MISS`` against an upper bound on a ratio ("" without a goal)."""
+    if goal is None:
+        return ""
+    return "PASS" if ratio <= goal else "MISS"

@@ -31,8 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import loadavg, machine_line, parse_args, print_table  # noqa: E402
-from qfault.campaign import CampaignSpec, classify, run_campaign  # noqa: E402
-from qfault.campaign._runner import load_batches, predict, trial_seed  # noqa: E402
+from qfault.campaign import CampaignSpec, classify, load_batches, predict, run_campaign, trial_seed  # noqa: E402
 from qfault.data import load_demo_model  # noqa: E402
 from qfault.faults import derive_seed  # noqa: E402
 from qfault.injection import InjectSpec, inject  # noqa: E402

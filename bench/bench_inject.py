@@ -140,85 +140,6 @@ def profile_rows(kind: str, batch: int, base, device, args, n: int = 200) -> Non
     print(f"cProfile (inflates Python time; {n} faulty forwards, {fmt_time(st.total_tt / n)}/forward profiled), "
           "qfault functions by cumulative time:")
     print(text[text.find("   ncalls"):].rstrip())
-    try:
-        stage_breakdown(kind, batch, base, device, args)
-    except Exception as exc:  # internals move; the profile above still stands
-        print(f"stage breakdown unavailable ({type(exc).__name__}: {exc})")
-
-
-def stage_breakdown(kind: str, batch: int, base, device, args) -> None:
-    """Unprofiled cost per forward of each stage of qfault's fault path (uses qfault internals)."""
-    import timeit
-
-    from qfault.injection._api import _fault_any, _per_image_draw
-    from qfault.injection._grad import replace_at
-
-    def t_us(fn, n=100):
-        fn()
-        return sorted(timeit.repeat(fn, number=n, repeat=5))[2] / n * 1e6
-
-    model = copy.deepcopy(base)
-    stages: dict[str, float] = {}
-
-    def add(key, us):
-        stages[key] = stages.get(key, 0.0) + us
-
-    with qfault.inject(model, spec_for(kind)) as handle, grad_context(args.grad_mode):
-        if kind == "weight":
-            # the 13 weights are one group: one joint draw, one codec pass, a write and a restore each
-            group = handle.param_groups[0]
-            modules = handle._modules_for(model)
-            params = [m._parameters["weight"] for m in modules]
-            tables = group._tables(params)
-            draw = group._make_draw(tables, "transient", 1)
-            add(f"draw: make_generator + draw_faults ({len(draw)} faulty elements)",
-                t_us(lambda: group._make_draw(tables, "transient", 1)))
-            add("  made 8 forwards ahead: draw per forward (after 4 in a row)",
-                t_us(lambda: [group._make_draw(tables, "transient", c) for c in range(8)], 20) / 8)
-            add("prepare: split by tensor, gather, numpy codec",
-                t_us(lambda: group._prepare_numpy(params, [True] * len(params), draw, tables, False)))
-
-            def apply_and_undo():
-                handle._apply_params(modules)
-                handle._undo_forward()
-            add("apply + undo (draw, prepare, 13 writes and restores)", t_us(apply_and_undo))
-            x = torch.randn(batch, 3, 32, 32, device=device)
-            clean = copy.deepcopy(base)
-
-            def between_forwards():  # the same steps right after a forward: the caches are cold
-                clean(x)
-                start = time.perf_counter()
-                apply_and_undo()
-                return time.perf_counter() - start
-            samples = sorted(between_forwards() for _ in range(100))
-            add("apply + undo right after a forward (median of 100)", samples[50] * 1e6)
-        else:
-            x = torch.randn(batch, 3, 32, 32, device=device)
-            outs = {}
-            relus = [mod for mod in base.modules() if isinstance(mod, torch.nn.ReLU)]
-            hooks = [mod.register_forward_hook(lambda mod, a, o, i=i: outs.__setitem__(i, o)) for i, mod in enumerate(relus)]
-            base(x)
-            for hk in hooks:
-                hk.remove()
-            w = 1.0 / len(handle.sites)  # one random layer per forward: the mean over layers
-            add("model pre-hook: choose layer (make_generator + randint)", t_us(lambda: handle._on_model_forward(None, None)))
-            for site in handle.sites:
-                o, fmt = outs[site.position], site.spec.format
-                g = torch.Generator().manual_seed(0)
-                sc, zp, ax = site.float_qparams(o, fmt, is_weight=False)
-                d = _per_image_draw(site.spec.fault, tuple(o.shape), fmt, g)
-                _, faulty_v = site.faulty_values(o, fmt, sc, zp, ax, d)
-                add("  calibrate per tensor (nan_to_num copy, min, max, ...)",
-                    w * t_us(lambda: site.float_qparams(o, fmt, is_weight=False)))
-                add("  draw (make_generator + _per_image_draw)", w * t_us(lambda: site.draw(tuple(o.shape), fmt, o.device, True)))
-                add("  faulty_values (encode, xor, decode, where)", w * t_us(lambda: site.faulty_values(o, fmt, sc, zp, ax, d)))
-                add("  replace_at (clone output + index_put)", w * t_us(lambda: replace_at(o, d.index, faulty_v)))
-                handle.chosen[site.spec_id] = site.position
-                add("chosen layer's hook total (_fault_any)", w * t_us(lambda: _fault_any(site, site.module, o)))
-    print(f"stage costs per forward, unprofiled ({kind}, batch {batch}; "
-          f"{'the group of the 13 weights' if kind == 'weight' else 'mean over the 10 ReLU layers'}):")
-    for key, us in stages.items():
-        print(f"  {key:62s} {fmt_time(us * 1e-6):>10s}")
 
 
 def third_party_rows(base, device, args) -> list[str]:
@@ -284,8 +205,6 @@ def main() -> None:
     if args.profile_only:
         for kind in kinds:
             profile_rows(kind, 1, base, device, args)
-        if "act" in kinds:
-            stage_breakdown("act", 64, base, device, args)
         return
 
     rows, checks = [], []

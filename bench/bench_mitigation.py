@@ -11,7 +11,7 @@ draw_stuck_map(shape, rate, bits=8, generator=0) at 1 % and 5 %, tile 64:
 Both read-backs are compared with torch.equal before timing. Goals: bit_flip >= 50x, cvm and
 sign_flip >= 1x (no slower).
 
-Part 2, apply_stuck_at on seed_quant_vit("vit_base_patch16_224") (48 quantized Linear layers, 85 M
+Part 2, inject(model, StuckAtSpec) on seed_quant_vit("vit_base_patch16_224") (48 quantized Linear layers, 85 M
 codes; --quick: vit_small_patch16_224 at 5 % only) with raw / cvm / sign_flip / bit_flip at 1 % and 5 %:
 seconds per call (goal <= 60 s for bit_flip at 5 %) and the peak resident-memory growth during the
 call (VmHWM after the call minus VmRSS before it, high-water mark reset through
@@ -50,15 +50,9 @@ from _common import (
     time_interleaved,
 )
 
-from qfault.mitigation import (
-    StuckAtSpec,
-    apply_stuck_at,
-    draw_stuck_map,
-    remap,
-    seed_quant_vit,
-    stuck_layers,
-)
-from qfault.mitigation._linear import seed_quantize_weight
+from qfault.injection import inject
+from qfault.layers import seed_quant_vit, seed_quantize_weight
+from qfault.mitigation import StuckAtSpec, draw_stuck_map, remap, stuck_layers
 
 BITS = 8
 TILE = 64
@@ -392,7 +386,7 @@ def part_model(quick: bool) -> None:
     t_build = time.perf_counter() - t0
     layers = stuck_layers(model)
     n_codes = sum(m.weight_codes.numel() for _, m in layers)
-    print(f"\n## 2. apply_stuck_at on seed_quant_vit({name!r}){' (quick: not ViT-B)' if quick else ''}: "
+    print(f"\n## 2. inject(model, StuckAtSpec) on seed_quant_vit({name!r}){' (quick: not ViT-B)' if quick else ''}: "
           f"{len(layers)} SeedQuantLinear layers, {n_codes:,} codes; built in {t_build:.1f} s; tile {TILE}, seed 0")
     rows = []
     for rate in ((5.0,) if quick else RATES):
@@ -400,7 +394,7 @@ def part_model(quick: bool) -> None:
             spec = StuckAtSpec(rate=rate, method=method, tile=TILE, seed=0)
             with PeakRSS() as mem:
                 t0 = time.perf_counter()
-                handle = apply_stuck_at(model, spec)
+                handle = inject(model, spec)
                 dt = time.perf_counter() - t0
             stuck, changed = handle.stuck_cells, handle.changed_weights
             handle.remove()

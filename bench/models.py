@@ -71,6 +71,16 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The ``(qualified name, module)`` of every Conv2d/Linear, in ``named_modules`` order (13 here)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def relu_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The ``(qualified name, module)`` of every ``nn.ReLU``, in ``named_modules`` order (10 here)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+
+
 if __name__ == "__main__":
     m = make_model()
     relus = [n for n, mod in m.named_modules() if isinstance(mod, nn.ReLU)]

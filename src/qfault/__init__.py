@@ -16,6 +16,7 @@ _EXPORTS = {
     # verbs
     "corrupt": "qfault.faults",
     "inject": "qfault.inject",
+    "swap_modules": "qfault.layers",
     # configuration
     "InjectSpec": "qfault.injection",
     "InjectionHandle": "qfault.injection",
@@ -64,3 +65,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .faults import BitFlip, StuckAt, corrupt, get_fault, list_faults
     from .formats import FixedPoint, FloatFormat, IntFormat, get_format, list_formats
     from .injection import InjectionHandle, InjectSpec, inject
+    from .layers import swap_modules

@@ -31,7 +31,7 @@ def tiny_digits_brevitas(seed: int = 0, hidden: int = 32) -> nn.Module:
 def tiny_digits_seed_quant(seed: int = 0, weight_bits: int = 8, act_bits: int = 8) -> nn.Module:
     """:func:`tiny_digits_mlp` with both Linear layers swapped for frozen seed-000
     ``SeedQuantLinear`` layers (for stuck-at mitigation campaigns)."""
-    from .mitigation import swap_linear
+    from .layers import swap_linear
 
     model = tiny_digits_mlp(seed)
     swap_linear(model, skip=(), weight_bits=weight_bits, act_bits=act_bits)

@@ -89,6 +89,71 @@ def test_bad_specs_fail_before_any_work_naming_the_field(tmp_path, change, field
     assert not (tmp_path / "t.qfault.db").exists()
 
 
+def test_every_bad_field_is_reported_at_once(tmp_path):
+    bad = spec_dict(tmp_path, batch_size=0, colour="red",
+                    faults=[{"fault": {"type": "bit_flip", "ber": 2.0}, "site": "weight", "format": "int8"}])
+    with pytest.raises(QFaultConfigError) as info:
+        CampaignSpec.from_dict(bad)
+    assert info.value.fields == ["batch_size", "faults[0].fault.ber", "colour"]  # in the order of the spec
+    lines = str(info.value).splitlines()
+    assert lines[0] == "3 invalid fields:"
+    assert lines[1] == "  batch_size=0 is invalid: allowed an integer in [1, 10000000]"
+    assert lines[2] == "  faults[0].fault.ber=2.0 is invalid: allowed a number in [0.0, 1.0]"
+    assert lines[3].startswith("  colour='red' is invalid: allowed keys name, seed,") and "(unknown key)" in lines[3]
+    # sweep values are named by their sweep path, each bad value once (not once per point)
+    with pytest.raises(QFaultConfigError) as info:
+        CampaignSpec.from_dict(spec_dict(tmp_path, sweep={"fault.ber": [0.1, 2.0, 3.0], "format": ["int8", "int4"]},
+                                         stop={"rule": "fixd", "margin": 2.0}, sdc_thresholds=[-1]))
+    assert info.value.fields == ["sweep.fault.ber", "sweep.fault.ber", "stop.rule", "stop.margin", "sdc_thresholds"]
+    assert [e.value for e in info.value.errors[:2]] == [2.0, 3.0]
+    # overrides: a list index, a sweep path; a typo gets the closest key
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(spec_dict(tmp_path)))
+    with pytest.raises(QFaultConfigError) as info:
+        CampaignSpec.from_yaml(path, ["sweep.fault.ber=[0, 7]", "repetition=2", "batch_size=0"])
+    assert info.value.fields == ["batch_size", "sweep.fault.ber", "repetition"]
+    assert "did you mean 'repetitions'?" in str(info.value) and f"in {path}:" in str(info.value)
+    with pytest.raises(QFaultConfigError, match=r"^faults\[0\]\.fault\.ber=1\.5 is invalid"):
+        CampaignSpec.from_yaml(path, ["faults.0.fault.ber=1.5"])
+    spec = CampaignSpec.from_yaml(path, ["faults.0.fault.ber=1e-3", "sweep.fault.ber=[0, 1e-2]", "stop.rule=ci"])
+    assert spec.faults[0]["fault"]["ber"] == 0.001 and spec.sweep == {"fault.ber": [0, 0.01]}
+    assert spec.stop.rule == "ci"
+
+
+def test_cli_validate_lists_every_error_without_a_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(sort_keys=False, data=spec_dict(tmp_path, batch_size=0, colour="red", faults=[
+        {"fault": {"type": "bit_flip", "ber": 2.0}, "site": "weight", "format": "int8"}])))
+    result = subprocess.run([sys.executable, "-m", "qfault.cli.main", "campaign", "validate", str(path),
+                             "stop.rule=sometimes"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"qfault: error: 4 invalid fields in {path}:"
+    assert [line.split("=")[0].strip() for line in lines[1:]] == ["batch_size", "faults[0].fault.ber", "colour",
+                                                                   "stop.rule"]
+    assert not (tmp_path / "t.qfault.db").exists()
+
+
+def test_valid_specs_keep_their_fingerprint(tmp_path):
+    """Stores written before keep opening: the fingerprints of these specs are pinned."""
+    from importlib.resources import files
+
+    folder = files("qfault") / "configs"
+    for name, expected in [
+        ("campaign_digits.yaml", "c0a5a7cc5d56faec611f30cd5bd3bc73af35ea61ed6d8d4cb9bf87cbffdae2e4"),
+        ("campaign_seed000.yaml", "6ac0610046748230a5a29b23f2c344c82e63c95c0b6a416992377c32b2d558e8"),
+    ]:
+        spec = CampaignSpec.from_yaml(folder / name)
+        assert spec.fingerprint() == expected, name
+        assert spec.store_path() == Path(str(folder / name)).with_suffix(".qfault.db")
+        assert CampaignSpec.from_dict(spec.to_dict()).to_dict() == spec.to_dict()
+    spec = CampaignSpec.from_dict(spec_dict(tmp_path, faults=[
+        {"fault": {"type": "bit_flip", "ber": 0.01, "bits": [7]}, "site": "output", "format": "int8",
+         "types": ["ReLU"], "indices": [0]}], stop={"rule": "ci", "half_width": 0.5}))
+    assert spec.fingerprint() == "48f4f2d5ff26c04733dafb36b86aa242ea7ea584828263b973314ac9989db155"
+
+
 def test_sweep_points_are_the_cartesian_product(tmp_path):
     spec = CampaignSpec.from_dict(spec_dict(tmp_path, sweep={"fault.ber": [0.0, 0.1], "format": ["int8", "int4"]}))
     assert spec.points() == [{"fault.ber": 0.0, "format": "int8"}, {"fault.ber": 0.0, "format": "int4"},
@@ -223,10 +288,13 @@ def test_prefix_reuse_gives_identical_rows(tmp_path):
     result = run_campaign(reuse, progress=False, log=lambda *_: None)
     run_campaign(plain, progress=False, log=lambda *_: None)
     assert len(result.points) == 3
-    from qfault.campaign._runner import _prepare_prefix, load_batches
+    from qfault.campaign import load_batches
+    from qfault.campaign._plan import plan_campaign
+    from qfault.campaign._runner import prepare_prefix
     from qfault.testing import tiny_digits_mlp
 
-    _, names, _ = _prepare_prefix(reuse, tiny_digits_mlp(), load_batches(reuse), reuse.points(3))
+    model = tiny_digits_mlp()
+    _, names, _ = prepare_prefix(plan_campaign(reuse, model), model, load_batches(reuse))
     assert [names[i][-1] for i in range(3)] == ["1", "2", "3"]  # each faulted layer's clean output
     assert rows(reuse.store_path()) == rows(plain.store_path())
     assert any(p.counts["masked"] < p.counts["images"] for p in result.points)
@@ -264,7 +332,7 @@ def test_stuck_at_mitigation_campaign(tmp_path):
     # the float baseline is the unquantized MLP on the same images
     import torch
 
-    from qfault.campaign._runner import load_batches, predict
+    from qfault.campaign import load_batches, predict
     from qfault.testing import tiny_digits_mlp
 
     batches = load_batches(spec)
@@ -280,30 +348,32 @@ def test_stuck_at_mitigation_campaign(tmp_path):
 def test_stuck_at_handle_restores_codes_exactly():
     import torch
 
-    from qfault.mitigation import StuckAtSpec, apply_stuck_at, stuck_layers
+    from qfault import inject
+    from qfault.mitigation import StuckAtSpec, stuck_layers
     from qfault.testing import tiny_digits_mlp, tiny_digits_seed_quant
 
     model = tiny_digits_seed_quant()
     before = [layer.weight_codes.clone() for _, layer in stuck_layers(model)]
-    with apply_stuck_at(model, StuckAtSpec(rate=10.0, method="sign_flip", seed=3)) as handle:
+    with inject(model, StuckAtSpec(rate=10.0, method="sign_flip", seed=3)) as handle:
         assert handle.changed_weights > 0
         after = [layer.weight_codes for _, layer in stuck_layers(model)]
         assert any(not torch.equal(a, b) for a, b in zip(before, after))
     assert all(torch.equal(a, layer.weight_codes) for a, (_, layer) in zip(before, stuck_layers(model)))
     with pytest.raises(QFaultConfigError, match="SeedQuantLinear"):
-        apply_stuck_at(tiny_digits_mlp(), StuckAtSpec(rate=1.0))
+        inject(tiny_digits_mlp(), StuckAtSpec(rate=1.0))
 
 
 def test_methods_share_fault_maps_and_order_by_weight_error():
     """Same seed, same maps: per weight CVM <= raw, and per group bit_flip, sign_flip <= CVM."""
-    from qfault.mitigation import StuckAtSpec, apply_stuck_at, stuck_layers
+    from qfault import inject
+    from qfault.mitigation import StuckAtSpec, stuck_layers
     from qfault.testing import tiny_digits_seed_quant
 
     model = tiny_digits_seed_quant()
     clean = [layer.weight_codes.clone() for _, layer in stuck_layers(model)]
     errors = {}
     for method in ("raw", "cvm", "sign_flip", "bit_flip"):
-        with apply_stuck_at(model, StuckAtSpec(rate=8.0, method=method, tile=16, seed=11)) as handle:
+        with inject(model, StuckAtSpec(rate=8.0, method=method, tile=16, seed=11)) as handle:
             errors[method] = sum(int((layer.weight_codes - c).abs().sum())
                                  for c, (_, layer) in zip(clean, stuck_layers(model)))
             assert handle.stuck_cells > 0
@@ -313,7 +383,7 @@ def test_methods_share_fault_maps_and_order_by_weight_error():
 def test_float_mode_computes_the_unquantized_layers():
     import torch
 
-    from qfault.mitigation import float_mode
+    from qfault.layers import float_mode
     from qfault.testing import tiny_digits_mlp, tiny_digits_seed_quant
 
     x = torch.randn(7, 1, 8, 8)
@@ -345,7 +415,7 @@ def test_seed_000_campaign_on_a_vit_with_imagenet_style_files(tmp_path):
     torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2).state_dict(), checkpoint)
     spec = CampaignSpec.from_dict({
         "name": "vit", "store": str(tmp_path / "vit.db"), "batch_size": 4,
-        "model": {"source": "factory", "factory": "qfault.mitigation:seed_quant_vit",
+        "model": {"source": "factory", "factory": "qfault.layers:seed_quant_vit",
                   "kwargs": {"name": "vit_tiny_patch16_224", "num_classes": 2, "checkpoint": str(checkpoint)}},
         "dataset": {"name": "imagenet_val", "root": str(root), "resize": None},
         "faults": [], "mitigation": {"rate": 2.0, "method": "cvm"},
@@ -381,7 +451,9 @@ def test_sweep_over_fault_models_and_bit_positions(tmp_path):
 ], ids=["codes", "float", "act"])
 def test_replayed_weight_quantizers_give_identical_rows(tmp_path, faults):
     pytest.importorskip("brevitas")
-    from qfault.campaign._runner import _prepare_prefix, load_batches
+    from qfault.campaign import load_batches
+    from qfault.campaign._plan import plan_campaign
+    from qfault.campaign._runner import prepare_prefix
     from qfault.testing import tiny_digits_brevitas
 
     common = dict(model={"source": "factory", "factory": "qfault.testing:tiny_digits_brevitas"}, faults=faults,
@@ -393,7 +465,7 @@ def test_replayed_weight_quantizers_give_identical_rows(tmp_path, faults):
     assert rows(reuse.store_path()) == rows(plain.store_path())
     assert any(p.counts["masked"] < p.counts["images"] for p in result.points)
     model = tiny_digits_brevitas()
-    prefix, names, _ = _prepare_prefix(reuse, model, load_batches(reuse), reuse.points(2))
+    prefix, names, _ = prepare_prefix(plan_campaign(reuse, model), model, load_batches(reuse))
     replayed = [{name for name in names[i] if name in prefix.constants} for i in range(2)]
     if "format" in faults[0]:  # a layer whose float weights are faulted must requantize them
         assert replayed == [{"4.weight_quant"}, {"2.weight_quant"}]
@@ -410,7 +482,7 @@ def test_a_bad_data_or_model_path_leaves_no_store_behind(tmp_path):
         run_campaign(bad_data, progress=False, log=lambda *_: None)
     assert not bad_data.store_path().exists()
     bad_model = CampaignSpec.from_dict(spec_dict(tmp_path, model={
-        "source": "factory", "factory": "qfault.mitigation:seed_quant_vit",
+        "source": "factory", "factory": "qfault.layers:seed_quant_vit",
         "kwargs": {"name": "vit_tiny_patch16_224", "checkpoint": str(tmp_path / "missing.pth")}}))
     with pytest.raises(QFaultConfigError, match=r"^model\.kwargs\.checkpoint="):
         run_campaign(bad_model, progress=False, log=lambda *_: None)
@@ -419,16 +491,30 @@ def test_a_bad_data_or_model_path_leaves_no_store_behind(tmp_path):
     assert [p.trials for p in run_campaign(fixed, progress=False, log=lambda *_: None).points] == [1, 1]
 
 
-@pytest.mark.parametrize("per_task", [1, 3])
-def test_trials_classified_together_give_the_rows_of_one_at_a_time(tmp_path, monkeypatch, per_task):
-    from qfault.campaign import _runner
+class CountingExecutor:
+    """In process; records how many trials each task it runs holds."""
 
+    def __init__(self):
+        self.tasks: list[int] = []
+
+    def map(self, fn, items):
+        for item in items:
+            self.tasks.append(len(item))
+            yield fn(item)
+
+
+@pytest.mark.parametrize("per_task", [1, 3])
+def test_trials_classified_together_give_the_rows_of_one_at_a_time(tmp_path, per_task):
     common = dict(repetitions=7, sweep={"fault.ber": [0.005, 0.05]})
-    monkeypatch.setattr(_runner, "TRIALS_PER_TASK", 8)
     grouped = CampaignSpec.from_dict(spec_dict(tmp_path, **common, store=str(tmp_path / "grouped.db")))
-    run_campaign(grouped, progress=False, log=lambda *_: None)
-    monkeypatch.setattr(_runner, "TRIALS_PER_TASK", per_task)
+    default = CountingExecutor()
+    run_campaign(grouped, executor=default, progress=False, log=lambda *_: None)
+    assert default.tasks == [7, 7]  # eight per task by default: one task per point
     single = CampaignSpec.from_dict(spec_dict(tmp_path, **common, store=str(tmp_path / "single.db")))
-    run_campaign(single, progress=False, log=lambda *_: None)
+    small = CountingExecutor()
+    run_campaign(single, executor=small, trials_per_task=per_task, progress=False, log=lambda *_: None)
+    assert small.tasks == ([1] * 7 if per_task == 1 else [3, 3, 1]) * 2
     assert rows(grouped.store_path()) == rows(single.store_path())
     assert len(rows(single.store_path())) == 14
+    with pytest.raises(QFaultConfigError, match="trials_per_task"):
+        run_campaign(single, trials_per_task=0, progress=False, log=lambda *_: None)

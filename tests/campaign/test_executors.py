@@ -13,11 +13,10 @@ import yaml
 
 from qfault import QFaultConfigError
 from qfault.campaign import (
-    CampaignSpec, CampaignStore, LocalExecutor, TrialContext, TrialFunction, build_campaign_model, run_campaign,
-    summarize, write_report,
+    CampaignSpec, CampaignStore, LocalExecutor, TrialContext, TrialFunction, build_campaign_model, load_batches,
+    predict, run_campaign, summarize, write_report,
 )
 from qfault.campaign import _report
-from qfault.campaign._runner import load_batches, predict
 from qfault.cli.main import main
 from test_campaign import rows
 from test_campaign import spec_dict as base_spec_dict
@@ -63,6 +62,18 @@ def test_trial_function_gives_the_rows_of_run_campaign_and_pickles(tmp_path):
     run_campaign(spec, executor=UseTrialFunction(LocalExecutor(), function), **QUIET)
     assert rows(spec.store_path()) == rows(reference.store_path())
     assert len(rows(spec.store_path())) == 6
+
+
+def test_a_trial_takes_its_faults_from_the_campaign_plan(tmp_path):
+    from qfault.injection import InjectSpec
+
+    function = trial_function(make_spec(tmp_path))  # no plan given: resolved on first use
+    row = function((1, {"fault.ber": 0.02}, 0))
+    assert (row.point, row.repetition, row.point_values) == (1, 0, {"fault.ber": 0.02}) and row.faults > 0
+    (planned,) = function.context.plan.points[1].faults
+    assert isinstance(planned, InjectSpec) and planned.fault.ber == 0.02
+    with pytest.raises(ValueError, match="point 1"):  # values that are not the plan's point 1
+        function((1, {"fault.ber": 0.5}, 0))
 
 
 def test_ray_flags_need_the_ray_executor(tmp_path, capsys):
@@ -179,16 +190,24 @@ def test_ray_executor_with_the_adaptive_stop_rule(tmp_path, ray_executor):
 
 
 @pytest.mark.ray
-def test_ray_map_streams_in_completion_order_and_raises_worker_errors(ray_executor):
-    def slow(seconds):
-        time.sleep(seconds)
-        return seconds
+def test_ray_map_streams_in_completion_order_and_raises_worker_errors(ray_executor, tmp_path):
+    release = tmp_path / "release"
 
-    start = time.monotonic()
-    stream = ray_executor.map(slow, [1.0, 0.0, 0.0, 0.0])
-    assert next(stream) == 0.0  # the quick trials come back while the slow one still runs
-    assert time.monotonic() - start < 1.0
-    assert sorted([0.0, *stream]) == [0.0, 0.0, 0.0, 1.0]
+    def wait_or_return(item):
+        """A "slow" item holds its worker until the driver has a result in hand (or 60 s pass:
+        then an executor that yields in submission order fails the test instead of hanging)."""
+        if item == "quick":
+            return "quick"
+        deadline = time.monotonic() + 60
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return "slow" if release.exists() else "slow, never released"
+
+    stream = ray_executor.map(wait_or_return, ["slow", "quick", "quick", "quick"])
+    first = next(stream)  # a quick item comes back while the slow one still holds its worker
+    release.touch()
+    assert first == "quick"
+    assert sorted([first, *stream]) == ["quick", "quick", "quick", "slow"]
 
     def fail(item):
         if item == 2:

@@ -79,10 +79,9 @@ def test_population_auto_needs_a_known_width(tmp_path):
     spec = CampaignSpec.from_dict(spec_dict(tmp_path, stop=STOP, sweep={}, faults=[
         {"fault": {"type": "bit_flip", "count": 1}, "site": "output", "types": ["Linear"], "format": "int8"}]))
     assert fault_population(Plain(), spec, {}, SAMPLE) == 10 * 8
-    from qfault.campaign._runner import _format_bits
-
     with pytest.raises(QFaultConfigError, match="stop.population"):
-        _format_bits(None, Plain(), "output", torch.zeros(1))
+        fault_population(Plain(), CampaignSpec.from_dict(spec_dict(tmp_path, stop=STOP, sweep={}, faults=[
+            {"fault": {"type": "bit_flip", "count": 1}, "site": "output", "types": ["Linear"]}])), {}, SAMPLE)
 
 
 @pytest.mark.parametrize("value", [0, -1, "many", 1.5])

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 from torch import nn
 
 from qfault import InjectSpec, QFaultConfigError, inject
-from qfault.campaign import CampaignSpec, run_campaign
-from qfault.campaign._executors import stackable, stacking_is_exact
+from qfault.campaign import CampaignSpec, CampaignStore, run_campaign, summarize
+from qfault.campaign._plan import plan_campaign
+from qfault.campaign._trial import stacking_is_exact
 from qfault.testing import FaultRecorder, tiny_digits_mlp
 
 from test_campaign import rows, spec_dict
@@ -86,72 +89,75 @@ def test_weight_sites_and_random_layers_cannot_be_stacked():
             h.stack_trials([[1], [2]])
 
 
-@pytest.fixture
-def stacked_calls(monkeypatch) -> list[int]:
-    """How many trials each stacked forward pass evaluated."""
-    from qfault.campaign import _executors
+def run_counting_forwards(spec: CampaignSpec) -> Counter:
+    """Run ``spec`` on its model (tiny_digits_mlp); returns how many forwards saw each batch size.
 
-    calls: list[int] = []
-    original = _executors.stacked_logits
-
-    def spy(model, batches, trials, prefix=None):
-        calls.append(trials if len(batches) > 1 else -trials)  # negative: a one-batch exactness check
-        return original(model, batches, trials, prefix)
-
-    monkeypatch.setattr(_executors, "stacked_logits", spy)
-    return calls
+    A forward of ``k`` stacked trials holds ``k * batch_size`` images: every other forward holds
+    at most one batch."""
+    model = tiny_digits_mlp()
+    sizes: Counter = Counter()
+    model.register_forward_pre_hook(lambda module, args: sizes.update([args[0].shape[0]]))
+    run_campaign(spec, model=model, **QUIET)
+    return sizes
 
 
-def test_campaign_rows_do_not_depend_on_stacking(tmp_path, stacked_calls):
+def stacked(sizes: Counter, batch_size: int) -> Counter:
+    """The forwards of ``sizes`` that stacked trials: trials per forward -> forwards."""
+    return Counter({size // batch_size: n for size, n in sizes.items() if size > batch_size})
+
+
+def test_campaign_rows_do_not_depend_on_stacking(tmp_path):
     common = dict(faults=ACT, sweep={"indices": "each"}, repetitions=5, limit=96, batch_size=32)
     one = CampaignSpec.from_dict(spec_dict(tmp_path, **common, stack_trials=1, store=str(tmp_path / "one.db")))
     many = CampaignSpec.from_dict(spec_dict(tmp_path, **common, stack_trials=3, store=str(tmp_path / "many.db")))
     auto = CampaignSpec.from_dict(spec_dict(tmp_path, **common, reuse_prefix=False, store=str(tmp_path / "auto.db")))
     assert one.fingerprint() == many.fingerprint() == auto.fingerprint()
     assert auto.trials_per_forward() == 1 and auto.trials_per_forward(torch.device("cuda")) == 1024 // 32
-    result = run_campaign(one, **QUIET)
-    assert stacked_calls == []
-    run_campaign(many, **QUIET)
-    assert set(stacked_calls) == {3, 2, -3, -2}  # chunks of 3 + 2, each size checked once
-    assert stacked_calls.count(-3) == stacked_calls.count(-2) == 2  # first and last batch
-    stacked_calls.clear()
-    run_campaign(auto, **QUIET)
-    assert stacked_calls == []  # auto: off on the CPU
+    assert stacked(run_counting_forwards(one), 32) == Counter()
+    # 3 points x (a stack of 3 and one of 2) x 3 batches, and each stack size checked once on the
+    # first and the last batch
+    assert stacked(run_counting_forwards(many), 32) == Counter({3: 3 * 3 + 2, 2: 3 * 3 + 2})
+    assert stacked(run_counting_forwards(auto), 32) == Counter()  # auto: off on the CPU
     assert rows(one.store_path()) == rows(many.store_path()) == rows(auto.store_path())
     assert len(rows(one.store_path())) == 3 * 5
-    assert any(p.counts["sdc1"] > 0 for p in result.points)
+    with CampaignStore(one.store_path(), one, create=False) as store:
+        assert any(p.counts["sdc1"] > 0 for p in summarize(one, store).points)
 
 
-def test_batch_size_dependent_kernels_turn_stacking_off(tmp_path, stacked_calls):
+def test_batch_size_dependent_kernels_turn_stacking_off(tmp_path):
     # a last batch of 5 images: the float Linear kernel gives other bits at 5 and 15 rows (checked)
     common = dict(faults=ACT, sweep={}, repetitions=3, limit=101, batch_size=32)
     one = CampaignSpec.from_dict(spec_dict(tmp_path, **common, stack_trials=1, store=str(tmp_path / "one.db")))
     many = CampaignSpec.from_dict(spec_dict(tmp_path, **common, stack_trials=3, store=str(tmp_path / "many.db")))
-    run_campaign(one, **QUIET)
-    run_campaign(many, **QUIET)
+    single = run_counting_forwards(one)
+    extra = run_counting_forwards(many) - single
     model, batches = tiny_digits_mlp(), [(x, y) for x, y in zip(torch.randn(2, 5, 1, 8, 8), torch.zeros(2, 5))]
     if stacking_is_exact(model, batches, torch.cat([model(x) for x, _ in batches]).detach(), 3):
         pytest.skip("this CPU's Linear kernel is batch-size independent at 5 rows")
-    assert stacked_calls and all(calls < 0 for calls in stacked_calls)  # checked, never used
+    # checked (the first batch of 32 stacked 3 times, then the last one of 5), never used
+    assert extra in (Counter({96: 1}), Counter({96: 1, 15: 1}))
     assert rows(one.store_path()) == rows(many.store_path())
 
 
-def test_adaptive_rule_keeps_the_rows_of_one_trial_at_a_time(tmp_path, stacked_calls):
+def test_adaptive_rule_keeps_the_rows_of_one_trial_at_a_time(tmp_path):
     stop = {"rule": "ci", "half_width": 1.0, "min_repetitions": 3, "max_repetitions": 9}
     common = dict(faults=ACT, sweep={"fault.count": [1, 4]}, stop=stop, limit=100, batch_size=50)
     one = CampaignSpec.from_dict(spec_dict(tmp_path, **common, stack_trials=1, store=str(tmp_path / "one.db")))
     many = CampaignSpec.from_dict(spec_dict(tmp_path, **common, stack_trials=4, store=str(tmp_path / "many.db")))
-    run_campaign(one, **QUIET)
-    run_campaign(many, **QUIET)
-    assert 4 in stacked_calls
+    assert stacked(run_counting_forwards(one), 50) == Counter()
+    assert stacked(run_counting_forwards(many), 50)[4] > 2  # more than the exactness check
     assert rows(one.store_path()) == rows(many.store_path())
 
 
 def test_stacking_is_off_where_it_would_change_results(tmp_path):
+    model = tiny_digits_mlp()
     weight = CampaignSpec.from_dict(spec_dict(tmp_path))
-    assert not stackable(weight, weight.points())
+    assert not plan_campaign(weight, model).stackable
     act = CampaignSpec.from_dict(spec_dict(tmp_path, faults=ACT, sweep={}))
-    assert stackable(act, act.points())
+    assert plan_campaign(act, model).stackable
+    random_layer = CampaignSpec.from_dict(spec_dict(tmp_path, faults=[{**ACT[0], "layer_mode": "random_per_run"}],
+                                                    sweep={}))
+    assert not plan_campaign(random_layer, model).stackable
 
     class BatchDependent(nn.Module):  # the output changes with the batch size: stacking is not exact
         def forward(self, x):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from importlib.resources import files
 
 import pytest
@@ -12,7 +14,7 @@ from torch import nn
 from qfault import QFaultConfigError
 from qfault.campaign import CampaignSpec, run_campaign
 from qfault.data import build_model, list_models, load_demo_model, load_digits_split
-from qfault.mitigation import SeedQuantLinear, float_mode
+from qfault.layers import SeedQuantLinear, float_mode, seed_quant_vit
 
 BLOCK_LAYERS = [f"blocks.{b}.{name}" for b in range(2) for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
 TEMPLATE = files("qfault") / "configs" / "campaign_seed000.yaml"
@@ -95,11 +97,14 @@ def test_seed000_template_and_its_imagenet_block(tmp_path):
     alternative = yaml.safe_load("\n".join(line[2:] if line.startswith("# ") else line.lstrip("#")
                                            for line in block.splitlines()))
     data = {**yaml.safe_load(text), **alternative, "store": str(tmp_path / "inet.qfault.db")}
-    assert data["model"]["factory"] == "qfault.mitigation:seed_quant_vit"
+    module, _, attr = data["model"]["factory"].partition(":")
+    with warnings.catch_warnings():  # the old path qfault.mitigation:seed_quant_vit still resolves
+        warnings.simplefilter("ignore", FutureWarning)
+        assert getattr(importlib.import_module(module), attr) is seed_quant_vit
     assert data["dataset"]["name"] == "imagenet_val"
     inet = CampaignSpec.from_dict(data)
     # missing files are refused naming the field (small ViT instead of ViT-B to stay fast)
-    from qfault.campaign._runner import build_campaign_model, load_batches
+    from qfault.campaign import build_campaign_model, load_batches
 
     with pytest.raises(QFaultConfigError, match="dataset.root"):
         load_batches(CampaignSpec.from_dict({**data, "dataset": {**data["dataset"], "root": str(tmp_path / "no")}}))

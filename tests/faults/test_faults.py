@@ -8,19 +8,14 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from scipy import stats
 
 from qfault._errors import QFaultConfigError
 from qfault.faults import (
-    BitFlip, FaultDraw, FullFlip, HwPeriodic, LSBFlip, MSBFlip, RandomValue, StuckAt, apply_draw, corrupt,
-    draw_faults, fault_values, get_fault, list_faults, make_generator,
+    BitFlip, FullFlip, HwPeriodic, LSBFlip, MSBFlip, RandomValue, StuckAt, apply_draw, corrupt,
+    draw_faults, get_fault, list_faults, make_generator,
 )
-from qfault.faults._apply import (
-    ScalarDraw, _scalar, hw_periodic_mask, hw_periodic_pattern, xor_scalars,
-    xor_values_numpy,
-)
+from qfault.faults import ScalarDraw, hw_periodic_mask, hw_periodic_pattern
 from qfault.formats import FixedPoint, FloatFormat, IntFormat
 from test_sampling import chi2_pvalue  # one chi-square helper for the fault tests
 
@@ -928,81 +923,6 @@ def test_ieee_formats_flip_non_finite_values_like_any_other():
     assert out[2] == 1.0
 
 
-# -- the numpy and Python-number codecs equal the tensor codec ------------------------------------
-
-
-@st.composite
-def small_cases(draw):
-    bits = draw(st.integers(1, 16))
-    signed = draw(st.booleans())
-    fmt = IntFormat(bits, signed=signed, rounding=draw(st.sampled_from(["half_even", "half_up"])),
-                    range=draw(st.sampled_from(["full", "narrow"])) if signed and bits > 1 else "full")
-    k = draw(st.integers(1, 64))
-    scale = draw(st.floats(0.0001220703125, 16.0, width=32))
-    # values near code boundaries and halves, plus arbitrary ones, inside and outside the range
-    codes = draw(st.lists(st.integers(-(1 << 16), 1 << 16), min_size=k, max_size=k))
-    fractions = draw(st.lists(st.sampled_from([0.0, 0.5, -0.5, 0.49999997, 0.25]) | st.floats(-1, 1, width=32),
-                              min_size=k, max_size=k))
-    values = torch.tensor([(c + f) * scale for c, f in zip(codes, fractions)], dtype=torch.float32)
-    masks = torch.tensor(draw(st.lists(st.integers(0, (1 << bits) - 1), min_size=k, max_size=k)), dtype=torch.int64)
-    kind = draw(st.sampled_from(["float", "tensor", "none", "array"]))
-    if kind == "array":  # one scale per value, as per-channel weights have
-        factors = draw(st.lists(st.sampled_from([1.0, 0.5, 2.0, 0.7]), min_size=k, max_size=k))
-        scale_arg = torch.tensor([scale * f for f in factors], dtype=torch.float32)
-    else:
-        scale_arg = {"float": float(np.float32(scale)), "tensor": torch.tensor(scale, dtype=torch.float32),
-                     "none": None}[kind]
-    zeros = [None, 0, 3, torch.tensor(2, dtype=torch.int32),
-             torch.tensor(draw(st.lists(st.integers(0, 5), min_size=k, max_size=k)), dtype=torch.int32)]
-    zero = draw(st.sampled_from(zeros)) if not signed else None
-    return fmt, values, masks, scale_arg, zero
-
-
-def _as_numpy(param):
-    return param.numpy() if isinstance(param, torch.Tensor) and param.dim() else _scalar(param)
-
-
-@settings(max_examples=300, deadline=None)
-@given(small_cases())
-def test_numpy_codec_equals_the_tensor_codec(case):
-    """The numpy codec of the CPU paths, with per-tensor or per-value scales and zero points."""
-    fmt, values, masks, scale, zero = case
-    draw = FaultDraw(torch.arange(len(values)), "xor", masks, None, None)
-    fast = xor_values_numpy(fmt, values.numpy(), masks.numpy(), _as_numpy(scale), _as_numpy(zero))
-    slow = fault_values(fmt, values, draw, scale, zero, finite=False)  # the tensor codec
-    for a, b in zip(fast, slow):
-        assert torch.equal(torch.from_numpy(a), b)
-
-
-@settings(max_examples=300, deadline=None)
-@given(small_cases())
-def test_python_scalar_codec_equals_the_tensor_codec(case):
-    """The codec of a few flips at batch 1, in Python floats rounded to float32 at every step."""
-    fmt, values, masks, scale, zero = case
-    scale, zero = _as_numpy(scale), _as_numpy(zero)
-    if isinstance(scale, np.ndarray) or isinstance(zero, np.ndarray):
-        return  # per-value parameters are not what the scalar codec serves
-    draw = FaultDraw(torch.arange(len(values)), "xor", masks, None, None)
-    old, new, faulty = xor_scalars(fmt, values.tolist(), masks.tolist(), scale, zero)
-    slow = fault_values(fmt, values, draw, scale, zero, finite=False)  # the tensor codec
-    assert old == slow[0].tolist() and new == slow[1].tolist()
-    assert torch.equal(torch.tensor(faulty, dtype=torch.float32), slow[2])
-
-
-@pytest.mark.parametrize("rounding", ["half_even", "half_up"])
-def test_python_scalar_codec_at_the_edges_of_float32(rounding):
-    fmt = IntFormat(8, rounding=rounding)
-    big = float(np.finfo(np.float32).max)
-    values = [big, -big, 1e-45, -1e-45, 0.0, -0.0, 2.5 * 2**-20, 3.0e38]
-    masks = [1, 128, 2, 255, 64, 1, 3, 0]
-    for scale in (2**-20, 1e-3, 0.1, 3.3, None, 1e-40):
-        draw = FaultDraw(torch.arange(len(values)), "xor", torch.tensor(masks), None, None)
-        slow = fault_values(fmt, torch.tensor(values, dtype=torch.float32), draw, scale, None, finite=False)
-        old, new, faulty = xor_scalars(fmt, values, masks, scale, None)
-        assert old == slow[0].tolist() and new == slow[1].tolist(), scale
-        assert torch.equal(torch.tensor(faulty, dtype=torch.float32), slow[2]), scale
-
-
 def test_scalar_draw_fields_equal_a_tensor_draw():
     draw = ScalarDraw([3, 17, 40], [0, 7, 2])
     assert len(draw) == 3 and draw.to("cpu") is draw and draw.op == "xor" and draw.value is None
@@ -1013,13 +933,22 @@ def test_scalar_draw_fields_equal_a_tensor_draw():
     assert moved.index.tolist() == [103, 117, 140] and moved.bit_sites[:, 0].tolist() == [103, 117, 140]
 
 
-@pytest.mark.parametrize("rounding", ["half_even", "half_up"])
-def test_numpy_codec_at_exact_halves(rounding):
-    fmt = IntFormat(8, rounding=rounding)
-    for start in range(-300, 300, 64):
-        values = torch.arange(start, start + 64, dtype=torch.float32) / 2 * 0.25  # k/2 codes exactly
-        masks = torch.arange(64) % 256
-        draw = FaultDraw(torch.arange(64), "xor", masks, None, None)
-        fast = xor_values_numpy(fmt, values.numpy(), masks.numpy(), 0.25, None)
-        slow = fault_values(fmt, values, draw, 0.25, None)
-        assert all(torch.equal(torch.from_numpy(a), b) for a, b in zip(fast, slow))
+@pytest.mark.parametrize("fmt, region", [(FixedPoint(8, 3), "fraction"), (FixedPoint(8, 3), "integer"),
+                                         (FixedPoint(8, 3), "sign"), (FloatFormat("float16"), "exponent"),
+                                         (FloatFormat("bfloat16"), "mantissa"), (IntFormat(6), "sign")])
+def test_bit_flips_restricted_to_a_named_region_hit_only_its_bits(fmt, region):
+    codes = fmt.encode(torch.linspace(-2, 2, 400))
+    _, record = corrupt(codes, fmt, BitFlip(ber=0.2, bits=(region,)), seed=3)
+    hit_bits = set(record.bit_sites[:, 1].tolist())
+    assert hit_bits and hit_bits <= set(fmt.region_bits(region))
+    assert hit_bits == set(fmt.region_bits(region))  # 400 elements at 20 %: every bit of the region is hit
+
+
+def test_bit_region_names_are_checked_against_the_format():
+    with pytest.raises(QFaultConfigError, match="one of sign, integer, fraction"):
+        corrupt(torch.zeros(4, dtype=torch.int32), FixedPoint(8, 3), BitFlip(ber=0.1, bits=("exponent",)), seed=0)
+    with pytest.raises(QFaultConfigError, match="at least one bit"):  # integer > width: no fraction bits
+        corrupt(torch.zeros(4, dtype=torch.int32), FixedPoint(4, 6, keep_negative=False),
+                BitFlip(ber=0.1, bits=("fraction",)), seed=0)
+    with pytest.raises(QFaultConfigError, match="bits"):
+        BitFlip(ber=0.1, bits=("",))

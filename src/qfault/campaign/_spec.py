@@ -4,6 +4,13 @@ A campaign evaluates a model on a data set under fault specs (``InjectSpec`` dic
 points of a sweep (dotted paths into the first fault spec, e.g. ``fault.ber``), with repetitions
 decided by a stop rule: a fixed count, the sample size of Leveugle et al. (DATE 2009), or "until
 the confidence interval of the accuracy is narrower than x".
+
+Specs load through the shared config path (:func:`qfault.config.load_config`: YAML plus
+``key=value`` overrides), and :meth:`CampaignSpec.from_dict` reports every invalid field at once
+(:class:`qfault.config.ConfigErrors`): each section is checked on its own, sweep values are
+named by their sweep path (``sweep.fault.ber=2.0``), and the spec's own fields through
+:func:`qfault.config.check_dataclass`. A valid spec is built exactly as before (same
+``to_dict`` and fingerprint).
 """
 
 from __future__ import annotations
@@ -12,11 +19,14 @@ import copy
 import hashlib
 import itertools
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._errors import QFaultConfigError, check_choice, check_range
+from ..config import ConfigErrors, check_dataclass, check_keys, check_registered, load_config
 
 SPEC_VERSION = 1
 STOP_RULES = ("fixed", "leveugle", "ci")
@@ -25,6 +35,8 @@ MODEL_SOURCES = ("demo", "checkpoint", "factory")
 NON_SEMANTIC = ("name", "store", "progress", "reuse_prefix", "stack_trials")
 #: ``stack_trials: auto`` stacks trials until a forward holds about this many images
 STACK_IMAGES = 1024
+#: keys of the ``mitigation`` section
+MITIGATION_KEYS = ("rate", "method", "tile")
 
 
 def _unknown(section: str, data: dict, allowed: tuple[str, ...]) -> None:
@@ -146,6 +158,8 @@ class CampaignSpec:
         from ..injection import InjectSpec
 
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        # fields on their own first, then the ones that depend on others (faults, sweep,
+        # mitigation): ``from_dict`` relies on this order to report every bad field
         if not isinstance(self.name, str) or not self.name:
             raise QFaultConfigError("name", self.name, "a non-empty string")
         check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
@@ -164,11 +178,20 @@ class CampaignSpec:
             raise QFaultConfigError("reuse_prefix", self.reuse_prefix, "true or false")
         if self.stack_trials != "auto":
             check_range("stack_trials", self.stack_trials, 1, 10**6, integer=True)
+        if self.store is not None and not isinstance(self.store, (str, os.PathLike)):
+            raise QFaultConfigError("store", self.store, "a file path (or null: <name>.qfault.db)")
+        try:
+            thresholds = tuple(float(t) for t in self.sdc_thresholds)
+        except (TypeError, ValueError):
+            raise QFaultConfigError("sdc_thresholds", self.sdc_thresholds, "a list of percentages") from None
+        for t in thresholds:
+            check_range("sdc_thresholds", t, 0.0, 1e6)
+        set_("sdc_thresholds", thresholds)
         faults = self.faults if isinstance(self.faults, (list, tuple)) else [self.faults]
         if self.mitigation is not None:
             if not isinstance(self.mitigation, dict):
                 raise QFaultConfigError("mitigation", self.mitigation, "a mapping {rate, method, tile}")
-            _unknown("mitigation", self.mitigation, ("rate", "method", "tile"))
+            _unknown("mitigation", self.mitigation, MITIGATION_KEYS)
             _stuck_spec(self.mitigation)
         if not faults and self.mitigation is None:
             raise QFaultConfigError("faults", list(faults), "a list with at least one fault spec (or a mitigation)")
@@ -180,10 +203,7 @@ class CampaignSpec:
         if not isinstance(self.sweep, dict):
             raise QFaultConfigError("sweep", self.sweep, "a mapping {dotted.path: [values]}")
         for path, values in self.sweep.items():
-            if not isinstance(values, (list, tuple)) and values != "each":
-                raise QFaultConfigError(f"sweep.{path}", values, "a list of values (or 'each' for indices)")
-            if values == "each" and path != "indices":
-                raise QFaultConfigError(f"sweep.{path}", values, "a list ('each' only applies to indices)")
+            _check_axis(path, values)
         if not faults and any(not path.startswith("mitigation.") for path in self.sweep):
             raise QFaultConfigError("sweep", list(self.sweep), "only mitigation.* paths when faults is empty")
         for point in self.points():  # every point must give valid fault specs
@@ -193,20 +213,11 @@ class CampaignSpec:
                 _stuck_spec(point_mitigation(self.mitigation, point), point)
             elif any(path.startswith("mitigation.") for path in point):
                 raise QFaultConfigError("sweep", point, "mitigation.* paths only with a mitigation section")
-        thresholds = tuple(float(t) for t in self.sdc_thresholds)
-        for t in thresholds:
-            check_range("sdc_thresholds", t, 0.0, 1e6)
-        set_("sdc_thresholds", thresholds)
 
     # -- sweep -------------------------------------------------------------------------------
     def points(self, num_layers: int | None = None) -> list[dict]:
         """The sweep points in order (``[{}]`` without a sweep). ``"each"`` needs ``num_layers``."""
-        axes = []
-        for path, values in self.sweep.items():
-            if values == "each":
-                values = [[i] for i in range(num_layers)] if num_layers is not None else [[0]]
-            axes.append([(path, v) for v in values])
-        return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
+        return _sweep_points(self.sweep, num_layers)
 
     # -- identity ----------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -237,46 +248,56 @@ class CampaignSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "CampaignSpec":
-        if not isinstance(data, dict):
+        """A spec from its dict (as :meth:`to_dict` or a YAML file gives it).
+
+        Raises:
+            QFaultConfigError: a :class:`~qfault.config.ConfigErrors` listing every invalid
+                field at once (unknown keys with the closest known one, values out of range,
+                fault specs, sweep values).
+        """
+        if not isinstance(data, Mapping):
             raise QFaultConfigError("campaign", type(data).__name__, "a mapping of campaign fields")
+        errors = ConfigErrors()
         data = dict(data)
         version = data.pop("version", SPEC_VERSION)
         if version != SPEC_VERSION:
-            raise QFaultConfigError("version", version, str(SPEC_VERSION))
-        _unknown("", data, tuple(cls.__dataclass_fields__))
+            errors.add("version", version, str(SPEC_VERSION))
         if isinstance(data.get("sdc_thresholds"), list):
             data["sdc_thresholds"] = tuple(data["sdc_thresholds"])
         if isinstance(data.get("faults"), list):
             data["faults"] = tuple(data["faults"])
-        return cls(**data)
+        spec = check_dataclass(cls, data, errors=errors, nested=_nested_checks())
+        errors.raise_if_any()
+        return spec
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "CampaignSpec":
-        """Load a YAML file; ``overrides`` are ``key=value`` strings (dotted keys, YAML values)."""
-        import yaml
+        """Load a YAML file; ``overrides`` are ``key=value`` strings (dotted keys, YAML values).
 
+        A number in a key indexes a list (``faults.0.fault.ber=1e-3``); under ``sweep`` the rest
+        of the key is one sweep path (``sweep.fault.ber=[0, 1e-3]``). ``store`` defaults to the
+        spec's path with the suffix ``.qfault.db``; a relative ``store`` is relative to the
+        spec's folder. See :func:`qfault.config.load_config`.
+
+        Raises:
+            QFaultConfigError: every invalid field at once (see :meth:`from_dict`); a missing
+                or malformed file; malformed overrides.
+
+        Example:
+            >>> spec = CampaignSpec.from_yaml("campaign_digits.yaml", ["repetitions=10"])  # doctest: +SKIP
+        """
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise QFaultConfigError("spec", str(path), "an existing YAML file") from None
-        except yaml.YAMLError as exc:
-            raise QFaultConfigError("spec", str(path), "valid YAML", hint=str(exc).splitlines()[0]) from None
-        data = data or {}
-        for item in overrides:
-            if "=" not in item:
-                raise QFaultConfigError("override", item, "key=value")
-            key, value = item.split("=", 1)
-            keys = key.split(".")
-            if keys[0] == "sweep" and len(keys) > 1:  # sweep keys are dotted paths themselves
-                keys = ["sweep", ".".join(keys[1:])]
-            _set_path(data, keys, yaml.safe_load(value))
+        data = load_config(path, overrides, what="spec", dotted_keys=("sweep",))
         store = data.get("store")
         if store is None:  # next to the spec file
             data["store"] = str(path.with_suffix(".qfault.db"))
-        elif not Path(store).is_absolute():  # relative to the spec file
+        elif isinstance(store, str) and store and not Path(store).is_absolute():  # relative to the spec file
             data["store"] = str(path.parent / store)
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigErrors as exc:
+            exc.source = str(path)
+            raise
 
     def store_path(self) -> Path:
         return Path(self.store or f"{self.name}.qfault.db")
@@ -306,6 +327,144 @@ def _stuck_spec(data: dict, point: dict | None = None):
         raise QFaultConfigError(where, exc.value, exc.allowed) from None
 
 
+def _sweep_points(sweep: Mapping, num_layers: int | None = None) -> list[dict]:
+    axes = []
+    for path, values in sweep.items():
+        if values == "each":
+            values = [[i] for i in range(num_layers)] if num_layers is not None else [[0]]
+        axes.append([(path, v) for v in values])
+    return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
+
+
+def _check_axis(path: str, values: Any) -> None:
+    """One sweep axis: a non-empty list of values, or ``"each"`` for ``indices``."""
+    if not isinstance(values, (list, tuple)) and values != "each":
+        raise QFaultConfigError(f"sweep.{path}", values, "a list of values (or 'each' for indices)")
+    if values == "each" and path != "indices":
+        raise QFaultConfigError(f"sweep.{path}", values, "a list ('each' only applies to indices)")
+    if isinstance(values, (list, tuple)) and not values:
+        raise QFaultConfigError(f"sweep.{path}", list(values), "a non-empty list of values")
+
+
+# -- every bad field at once (CampaignSpec.from_dict) ----------------------------------------
+
+_BAD = object()  # marks a section whose own check failed
+
+
+def _check_inject_spec(data: Any, where: str, errors: ConfigErrors):
+    """The ``InjectSpec`` of one fault spec dict, or None (every bad field recorded in ``errors``)."""
+    from ..faults import FAULTS, BitFlip, FaultModel
+    from ..injection import InjectSpec
+
+    if isinstance(data, InjectSpec):
+        return data
+    if not isinstance(data, Mapping):
+        errors.add(where, data, "a mapping of InjectSpec fields")
+        return None
+    data = dict(data)
+    data.pop("type", None)  # as InjectSpec.from_dict
+    data.pop("version", None)
+    for key in ("types", "names", "indices"):
+        if isinstance(data.get(key), list):
+            data[key] = tuple(data[key])
+
+    def check_fault(value: Any, path: str, errs: ConfigErrors) -> None:
+        if not isinstance(value, FaultModel):
+            check_registered(FAULTS, value, where=path, errors=errs)
+
+    return check_dataclass(InjectSpec, data, where=where, errors=errors, nested={"fault": check_fault},
+                           stand_ins={"fault": BitFlip(ber=0.0)})
+
+
+def _sweep_error(error: QFaultConfigError, point: dict, prefix: str) -> QFaultConfigError:
+    """An error of a sweep point's fault spec, named after the sweep path that caused it."""
+    field_name = str(error.field)
+    rel = field_name[len(prefix) + 1:] if prefix and field_name.startswith(prefix + ".") else field_name
+    if prefix in ("", "faults[0]"):
+        named = [path for path in point if rel == path or rel.startswith(path + ".")]
+        if not named:
+            named = [path for path in point if path.rsplit(".", 1)[-1] == rel]
+            named = named if len(named) == 1 else []
+        if named:
+            path = named[0]
+            return QFaultConfigError(f"sweep.{path}{rel[len(path):] if rel.startswith(path) else ''}",
+                                     error.value, error.allowed, hint=error.hint)
+    return QFaultConfigError(f"sweep {point}: {field_name}", error.value, error.allowed, hint=error.hint)
+
+
+def _check_point(point: dict, faults: tuple, mitigation: dict | None, errors: ConfigErrors) -> None:
+    from ..mitigation import StuckAtSpec
+
+    try:
+        point_specs = point_faults(faults, point)
+    except QFaultConfigError as exc:
+        errors.append(exc)
+        return
+    for i, data in enumerate(point_specs):
+        found = ConfigErrors()
+        _check_inject_spec(data, f"faults[{i}]", found)
+        for error in found:
+            errors.append(_sweep_error(error, point, f"faults[{i}]"))
+    if mitigation is not None:
+        found = ConfigErrors()
+        check_dataclass(StuckAtSpec, point_mitigation(mitigation, point), where="mitigation", errors=found)
+        for error in found:
+            errors.append(_sweep_error(error, point, ""))
+
+
+def _nested_checks() -> dict:
+    """Validators of the sections of a spec dict, in order: faults and mitigation, then the
+    sweep, whose points are checked only when the sections they change are valid."""
+    from ..mitigation import StuckAtSpec
+
+    state: dict[str, Any] = {"faults": (), "mitigation": None}
+
+    def check_faults(value: Any, where: str, errors: ConfigErrors) -> None:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        before = len(errors)
+        normalized = []
+        for i, item in enumerate(items):
+            spec = _check_inject_spec(item, f"{where}[{i}]", errors)
+            if spec is not None:
+                normalized.append(spec.to_dict())
+        state["faults"] = tuple(normalized) if len(errors) == before else _BAD
+
+    def check_mitigation(value: Any, where: str, errors: ConfigErrors) -> None:
+        if value is None:
+            return
+        before = len(errors)
+        if not isinstance(value, dict):
+            errors.add(where, value, "a mapping {rate, method, tile}")
+        else:
+            check_keys(value, MITIGATION_KEYS, where, errors)
+            check_dataclass(StuckAtSpec, {k: v for k, v in value.items() if k in MITIGATION_KEYS}, where=where,
+                            errors=errors)
+        state["mitigation"] = dict(value) if len(errors) == before else _BAD
+
+    def check_sweep(value: Any, where: str, errors: ConfigErrors) -> None:
+        if not isinstance(value, dict):
+            errors.add(where, value, "a mapping {dotted.path: [values]}")
+            return
+        before = len(errors)
+        for path, values in value.items():
+            with errors.collect():
+                _check_axis(path, values)
+        faults, mitigation = state["faults"], state["mitigation"]
+        if len(errors) > before or faults is _BAD or mitigation is _BAD:
+            return  # the points cannot be checked
+        paths = list(value)
+        if not faults and any(not path.startswith("mitigation.") for path in paths):
+            errors.add(where, paths, "only mitigation.* paths when faults is empty")
+            return
+        if mitigation is None and any(path.startswith("mitigation.") for path in paths):
+            errors.add(where, paths, "mitigation.* paths only with a mitigation section")
+            return
+        for point in _sweep_points(value):
+            _check_point(point, faults, mitigation, errors)
+
+    return {"faults": check_faults, "mitigation": check_mitigation, "sweep": check_sweep}
+
+
 def point_mitigation(mitigation: dict | None, point: dict) -> dict | None:
     """The mitigation section of a sweep point (paths ``mitigation.<field>``)."""
     if mitigation is None:
@@ -318,16 +477,20 @@ def point_mitigation(mitigation: dict | None, point: dict) -> dict | None:
 
 
 def _set_path(data: dict, keys: list[str], value: Any) -> None:
-    for key in keys[:-1]:
-        if key.isdigit() and isinstance(data, list):
-            data = data[int(key)]
+    try:
+        for key in keys[:-1]:
+            if key.isdigit() and isinstance(data, list):
+                data = data[int(key)]
+            else:
+                data = data.setdefault(key, {})
+        last = keys[-1]
+        if last.isdigit() and isinstance(data, list):
+            data[int(last)] = value
         else:
-            data = data.setdefault(key, {})
-    last = keys[-1]
-    if last.isdigit() and isinstance(data, list):
-        data[int(last)] = value
-    else:
-        data[last] = value
+            data[last] = value
+    except (AttributeError, IndexError, TypeError):
+        raise QFaultConfigError("sweep." + ".".join(keys), value, "a path through the mappings and lists of "
+                                "faults[0] (or mitigation.<field>)") from None
 
 
 def point_faults(faults: tuple, point: dict) -> list[dict]:

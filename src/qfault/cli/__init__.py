@@ -1,1 +1,4 @@
-"""Command-line interface (``qfault``). Heavy imports happen inside the subcommands."""
+"""Command-line interface (``qfault``): one module per subcommand, listed in ``main.SUBCOMMANDS``.
+
+Heavy imports happen inside the subcommands' ``run``.
+"""

@@ -85,21 +85,21 @@ def digits_vit(weight_bits: int = 8, act_bits: int = 8, embed_dim: int = 48, dep
     downloads): 2x2 patches (16 tokens + a class token), ``embed_dim`` 48, ``depth`` 2 blocks
     of ``num_heads`` 4 heads, MLP ratio 2, class-token pooling, a 10-class ``head``. Every
     ``nn.Linear`` but ``head`` (qkv, proj, fc1, fc2 of each block: 8 layers) is swapped for a
-    :class:`~qfault.mitigation.SeedQuantLinear` (``weight_bits``/``act_bits``), *not frozen*:
-    :func:`load_demo_model` trains it in :func:`~qfault.mitigation.float_mode`, caches the float
+    :class:`~qfault.layers.SeedQuantLinear` (``weight_bits``/``act_bits``), *not frozen*:
+    :func:`load_demo_model` trains it in :func:`~qfault.layers.float_mode`, caches the float
     weights and freezes the codes after training or loading; call ``freeze()`` on its layers
     yourself when you use this builder directly. ``patch_embed`` stays a float Conv2d, as in the
     seed.
     """
     from timm.models.vision_transformer import VisionTransformer
 
-    from ..mitigation import swap_linear
+    from ..layers import SeedQuantConfig, swap_modules
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = VisionTransformer(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=embed_dim,
                                   depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, global_pool="token")
-    swap_linear(model, skip=("head",), weight_bits=weight_bits, act_bits=act_bits)
+    swap_modules(model, SeedQuantConfig(weight_bits=weight_bits, act_bits=act_bits, skip=("head",)))
     return model
 
 
@@ -172,7 +172,7 @@ def _threads(n: int | None) -> Iterator[None]:
 
 
 def _seed_quant_layers(model: nn.Module) -> list[nn.Module]:
-    from ..mitigation import SeedQuantLinear
+    from ..layers import SeedQuantLinear
 
     return [m for m in model.modules() if isinstance(m, SeedQuantLinear)]
 
@@ -192,8 +192,8 @@ def load_demo_model(name: str = "digits_cnn", *, epochs: int | None = None, cach
     Trains on the digits training split otherwise (``digits_cnn``: about 10 s on 2 cores;
     ``digits_vit``: about 25 s) and caches the result atomically; a corrupt cache is reported
     through ``log`` and rebuilt. ``epochs=None`` takes the model's default (15 for ``digits_cnn``,
-    40 for ``digits_vit``). A model with :class:`~qfault.mitigation.SeedQuantLinear` layers is
-    trained in float (:func:`~qfault.mitigation.float_mode`), its float weights are cached, and
+    40 for ``digits_vit``). A model with :class:`~qfault.layers.SeedQuantLinear` layers is
+    trained in float (:func:`~qfault.layers.float_mode`), its float weights are cached, and
     its codes are frozen after training or loading.
 
     Returns:
@@ -218,7 +218,7 @@ def load_demo_model(name: str = "digits_cnn", *, epochs: int | None = None, cach
     start = time.monotonic()
     float_ctx = nullcontext()
     if _seed_quant_layers(model):
-        from ..mitigation import float_mode
+        from ..layers import float_mode
 
         float_ctx = float_mode(model)  # rounding has no gradient: train the float weights
     with _threads(recipe.threads), float_ctx:

@@ -1,15 +1,28 @@
-"""Fault models (what happens to bits), their O(#faults) sampling, and ``corrupt``."""
+"""Fault models (what happens to bits), their O(#faults) sampling, codecs, and ``corrupt``."""
 
-from ._apply import FaultDraw, FaultRecord, apply_draw, apply_to_codes, corrupt, draw_faults, fault_values
+from ._apply import FaultRecord, apply_draw, corrupt
+from ._codec import (
+    CODECS, NUMPY, RANDOM, SCALAR, STUCK, TORCH, XOR, Codec, apply_to_codes, codec_for, fault_values, scalar_param,
+    to_float32, xor_scalars, xor_values_numpy,
+)
+from ._draw import (
+    PER_IMAGE_SAMPLERS, SAMPLERS, ArrayDraw, FaultDraw, ScalarDraw, draw_faults, draw_per_image, group_bit_sites,
+    hw_periodic_mask, hw_periodic_pattern, register_sampler, resolve_bits,
+)
 from ._models import (
     FAULTS, BitFlip, FaultModel, FullFlip, HwPeriodic, LSBFlip, MSBFlip, RandomValue, StuckAt,
     get_fault, list_faults, register_fault,
 )
-from ._sampling import bernoulli_positions, binomial, derive_seed, distinct, make_generator, uniform_index
+from ._sampling import (
+    bernoulli_positions, binomial, ceil_count, derive_seed, distinct, make_generator, uniform_index,
+)
 
 __all__ = [
     "FaultModel", "BitFlip", "StuckAt", "RandomValue", "LSBFlip", "MSBFlip", "FullFlip", "HwPeriodic",
     "get_fault", "list_faults", "register_fault", "FAULTS",
-    "corrupt", "draw_faults", "apply_draw", "apply_to_codes", "fault_values", "FaultDraw", "FaultRecord",
-    "binomial", "distinct", "bernoulli_positions", "derive_seed", "make_generator", "uniform_index",
+    "corrupt", "draw_faults", "draw_per_image", "apply_draw", "apply_to_codes", "fault_values", "FaultDraw",
+    "ArrayDraw", "ScalarDraw", "FaultRecord", "resolve_bits", "group_bit_sites", "hw_periodic_mask",
+    "hw_periodic_pattern", "register_sampler", "SAMPLERS", "PER_IMAGE_SAMPLERS",
+    "XOR", "STUCK", "RANDOM", "Codec", "CODECS", "TORCH", "NUMPY", "SCALAR", "codec_for", "scalar_param", "to_float32", "xor_scalars", "xor_values_numpy",
+    "binomial", "distinct", "bernoulli_positions", "derive_seed", "make_generator", "uniform_index", "ceil_count",
 ]

@@ -2,11 +2,13 @@
 
 Units: ``ber`` is a fraction in [0, 1] (per bit); ``probability`` and ``rate`` are percentages in
 [0, 100] (per element for the element models of seed 001, per bit for stuck-at as in seed 000).
-The models hold data only; sampling lives in ``_sampling.py`` and application in ``_apply.py``.
+The models hold data and declare capabilities; their samplers are registered per type in
+``_draw.py`` and the arithmetic of faulted values lives in ``_codec.py``.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,25 +21,58 @@ FAULTS: Registry = Registry("fault")
 BIT_ALIASES = ("msb", "lsb")
 
 
+@functools.lru_cache(maxsize=1)
+def region_names() -> tuple[str, ...]:
+    """Bit region names some registered format has (``sign``, ``integer``, ``fraction``, ...)."""
+    from ..formats import FORMATS
+
+    names: list[str] = []
+    for name in FORMATS.list():
+        names.extend(r for r in FORMATS.get(name)().bit_regions() if r not in names)
+    return tuple(names)
+
+
 def _check_bits(value: Any) -> tuple | None:
     if value is None:
         return None
     if isinstance(value, (int, str)):
         value = (value,)
     if not isinstance(value, (tuple, list)) or not value:
-        raise QFaultConfigError("bits", value, "None or a non-empty list of bit positions, 'msb' or 'lsb'")
+        raise QFaultConfigError("bits", value, "None or a non-empty list of bit positions, 'msb', 'lsb' or "
+                                "bit region names")
     for item in value:
-        if isinstance(item, bool) or not (isinstance(item, int) or item in BIT_ALIASES):
-            raise QFaultConfigError("bits", item, "a bit position (0 = LSB, -1 = MSB), 'msb' or 'lsb'")
+        if isinstance(item, bool) or not isinstance(item, (int, str)) or (
+                isinstance(item, str) and item not in BIT_ALIASES + region_names()):
+            raise QFaultConfigError("bits", item, "a bit position (0 = LSB, -1 = MSB), 'msb', 'lsb' or a bit "
+                                    "region (" + ", ".join(region_names()) + ")")
     return tuple(value)
 
 
 class FaultModel:
-    """Base class of the registered fault models."""
+    """Base class of the registered fault models.
+
+    Besides their data, fault models declare what the injection runtime may assume of them:
+    ``permanent_by_default``, :attr:`groupable` and :meth:`expected_faults`.
+    """
 
     type_name: ClassVar[str] = ""
     #: Stuck-at faults are permanent by default; the others are transient.
     permanent_by_default: ClassVar[bool] = False
+    #: what happens to a hit element's code: ``"xor"`` (invert mask bits), ``"stuck"`` (force
+    #: mask bits to values) or ``"random"`` (modular add over the code range)
+    op: ClassVar[str] = "xor"
+
+    @property
+    def groupable(self) -> bool:
+        """Whether one draw over several tensors joined end to end has the distribution of
+        independent draws per tensor (true of per-bit and per-element Bernoulli faults), so the
+        tensors of one spec may be drawn and faulted together."""
+        return False
+
+    def expected_faults(self, numel: int, bits: int) -> float:
+        """Expected number of hit bits (bit-level models) or elements in ``numel`` values of
+        ``bits`` bits each."""
+        raise NotImplementedError  # pragma: no cover - every registered model defines it
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -64,7 +99,8 @@ class BitFlip(FaultModel):
         count: exact number of distinct bits to flip (per image when injected per image).
         sites: explicit ``(flat element index, bit)`` pairs.
         bits: restrict to these bit positions (0 = LSB, negative from the MSB, ``"msb"``,
-            ``"lsb"``); ``None`` means every bit of the format.
+            ``"lsb"``, or bit region names of the format such as ``"sign"``, ``"integer"``,
+            ``"fraction"``, ``"exponent"``, ``"mantissa"``); ``None`` means every bit.
     """
 
     ber: float | None = None
@@ -93,6 +129,15 @@ class BitFlip(FaultModel):
             object.__setattr__(self, "sites", sites)
         object.__setattr__(self, "bits", _check_bits(self.bits))
 
+    @property
+    def groupable(self) -> bool:
+        return self.ber is not None
+
+    def expected_faults(self, numel: int, bits: int) -> float:
+        if self.ber is not None:
+            return numel * bits * self.ber
+        return float(self.count if self.count is not None else len(self.sites))
+
 
 @register_fault("stuck_at", aliases=("stuckat", "saf"))
 @dataclass(frozen=True)
@@ -115,6 +160,7 @@ class StuckAt(FaultModel):
     bits: tuple[int | str, ...] | None = None
 
     permanent_by_default: ClassVar[bool] = True
+    op: ClassVar[str] = "stuck"
 
     def __post_init__(self) -> None:
         explicit = self.stuck_mask is not None or self.stuck_value is not None
@@ -133,6 +179,15 @@ class StuckAt(FaultModel):
     def __hash__(self) -> int:  # tensors are not hashable
         return id(self)
 
+    @property
+    def groupable(self) -> bool:
+        return self.rate is not None
+
+    def expected_faults(self, numel: int, bits: int) -> float:
+        if self.rate is not None:
+            return numel * bits * self.rate / 100.0
+        return float(numel)  # explicit masks: at most every element
+
 
 @dataclass(frozen=True)
 class _ElementFault(FaultModel):
@@ -143,6 +198,13 @@ class _ElementFault(FaultModel):
     def __post_init__(self) -> None:
         check_range("probability", self.probability, 0.0, 100.0)
 
+    @property
+    def groupable(self) -> bool:
+        return True
+
+    def expected_faults(self, numel: int, bits: int) -> float:
+        return numel * self.probability / 100.0
+
 
 @register_fault("random_value", aliases=("random",))
 @dataclass(frozen=True)
@@ -151,6 +213,8 @@ class RandomValue(_ElementFault):
 
     The result is uniform over ``[code_min, code_max]`` and independent of ``x``.
     """
+
+    op: ClassVar[str] = "random"
 
 
 @register_fault("lsb_flip")
@@ -194,6 +258,13 @@ class HwPeriodic(FaultModel):
         strategy = "random_value" if self.strategy == "random" else self.strategy
         check_choice("strategy", strategy, HW_STRATEGIES)
         object.__setattr__(self, "strategy", strategy)
+
+    def expected_faults(self, numel: int, bits: int) -> float:
+        return numel * self.probability / 100.0
+
+    @property
+    def op(self) -> str:  # type: ignore[override]
+        return "random" if self.strategy == "random_value" else "xor"
 
 
 def get_fault(spec: "str | dict | FaultModel", **kwargs) -> FaultModel:

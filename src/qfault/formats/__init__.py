@@ -1,6 +1,8 @@
 """Number formats: float tensors <-> integer codes <-> bit patterns.
 
-Every fault in qfault acts on the bit pattern of a value in one of these formats.
+Every fault in qfault acts on the bit pattern of a value in one of these formats. Formats
+describe themselves (``needs_qparams``, ``encodes_non_finite``, ``bit_regions()``), so callers
+dispatch on those capabilities rather than on the format's class.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import re
 from .._config import from_dict
 from .._errors import QFaultConfigError
 from .._registry import Registry
-from ._base import NumberFormat, broadcast_param
+from ._base import NumberFormat, broadcast_param, gather_param
 from ._fixed import FixedPoint
 from ._float import FloatFormat
 from ._int import IntFormat, calibrate, round_codes
@@ -30,6 +32,7 @@ def get_format(spec: "str | dict | NumberFormat", **kwargs) -> NumberFormat:
     (``{"type": "fixed", "bits": 8, "integer": 3}``) or a format object.
 
     Example:
+        >>> from qfault.formats import get_format
         >>> get_format("int4")
         IntFormat(bits=4, signed=True, rounding='half_even', range='full')
     """
@@ -60,5 +63,5 @@ def list_formats(pattern: str = "*") -> list[str]:
 
 __all__ = [
     "NumberFormat", "IntFormat", "FixedPoint", "FloatFormat",
-    "get_format", "list_formats", "calibrate", "round_codes", "broadcast_param", "FORMATS",
+    "get_format", "list_formats", "calibrate", "round_codes", "broadcast_param", "gather_param", "FORMATS",
 ]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from .._config import to_dict
+from .._errors import QFaultConfigError
 
 
 def broadcast_param(
@@ -36,10 +39,22 @@ class NumberFormat:
     Codes are integer tensors (the format's own integer view); bit patterns are the same
     codes as unsigned ``bits``-bit integers in ``[0, 2**bits)``. Flipping bit ``k`` of a code
     is ``from_bits(to_bits(code) ^ (1 << k))``.
+
+    Capabilities (class attributes, so other packages ask the format instead of testing its
+    type):
+
+    * ``needs_qparams``: codes mean ``(code - zero_point) * scale``, so ``encode``/``decode``
+      take a scale and zero point (int formats). False: the format fixes every value itself
+      and ignores them (fixed point, IEEE).
+    * ``encodes_non_finite``: NaN and ±inf have bit patterns of their own (IEEE). False: they
+      have no code; ``encode`` maps NaN to the code of 0.0 and saturates ±inf.
+    * :meth:`bit_regions` names groups of bit positions (``"sign"``, ``"exponent"``, ...).
     """
 
     type_name: str = ""
     bits: int
+    needs_qparams: ClassVar[bool] = False
+    encodes_non_finite: ClassVar[bool] = False
 
     # -- overridden by subclasses ------------------------------------------------------------
     @property
@@ -66,7 +81,31 @@ class NumberFormat:
     def decode(self, codes: torch.Tensor, scale=None, zero_point=None, axis=None) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover
 
+    def bit_regions(self) -> dict[str, tuple[int, ...]]:  # pragma: no cover - overridden
+        """Named bit positions (0 = LSB), disjoint and together covering ``0 .. bits - 1``."""
+        raise NotImplementedError
+
     # -- shared ------------------------------------------------------------------------------
+    def region_bits(self, name: str) -> tuple[int, ...]:
+        """Bit positions (0 = LSB, ascending) of the region ``name`` of :meth:`bit_regions`.
+
+        A region can be empty (a fixed-point format whose ``integer`` exceeds its width has no
+        fraction bits).
+
+        Raises:
+            QFaultConfigError: ``name`` is not a region of this format (field ``bits``).
+
+        Example:
+            >>> from qfault.formats import FloatFormat
+            >>> FloatFormat("bfloat16").region_bits("exponent")
+            (7, 8, 9, 10, 11, 12, 13, 14)
+        """
+        regions = self.bit_regions()
+        if not isinstance(name, str) or name not in regions:
+            raise QFaultConfigError("bits", name, "one of " + ", ".join(regions),
+                                    hint=f"bit regions of {self.name}")
+        return regions[name]
+
     @property
     def storable_min(self) -> int:
         """Smallest code any bit pattern decodes to (below ``code_min`` for narrow ranges)."""

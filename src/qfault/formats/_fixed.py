@@ -29,9 +29,18 @@ class FixedPoint(NumberFormat):
         keep_negative: signed two's-complement codes if True.
         symmetric: drop the most negative code (QKeras ``symmetric=1``).
 
+    Bit regions: ``"sign"`` (bit ``bits - 1``, ``keep_negative`` only), ``"integer"`` and
+    ``"fraction"``. Bit ``p`` of the magnitude weighs ``2**(p - E)``: it is a fraction bit when that
+    weight is below 1 (``p < E``), an integer bit otherwise. With ``integer < 0`` every bit is a
+    fraction bit; with ``integer`` above the width every bit is an integer bit; the other region is
+    then empty.
+
     Example:
+        >>> from qfault.formats import FixedPoint
         >>> FixedPoint(5, 1, True).values()[:3].tolist()
         [0.0, 0.125, 0.25]
+        >>> FixedPoint(5, 1, True).bit_regions()
+        {'sign': (4,), 'integer': (3,), 'fraction': (0, 1, 2)}
     """
 
     bits: int = 8
@@ -93,10 +102,23 @@ class FixedPoint(NumberFormat):
         sign = 1 << (self.bits - 1)
         return ((patterns ^ sign) - sign).to(self.code_dtype)
 
+    def bit_regions(self) -> dict[str, tuple[int, ...]]:
+        """``sign`` (if ``keep_negative``), ``integer`` and ``fraction`` bit positions (0 = LSB)."""
+        width = self.bits - int(self.keep_negative)  # bits below the sign
+        split = min(max(self.fraction_bits, 0), width)
+        regions = {"sign": (self.bits - 1,)} if self.keep_negative else {}
+        regions["integer"] = tuple(range(split, width))
+        regions["fraction"] = tuple(range(split))
+        return regions
+
     def encode(self, x: torch.Tensor, scale=None, zero_point=None, axis=None) -> torch.Tensor:
-        """``clip(round_half_even(x * 2**E), code_min, code_max)`` (scale/zero point unused)."""
+        """``clip(round_half_even(x * 2**E), code_min, code_max)`` (scale/zero point unused).
+
+        ±inf saturate to ``code_max``/``code_min``; NaN encodes as 0.0 does, to code 0.
+        """
         dtype = torch.float64 if self.bits > 24 else torch.float32
         q = torch.round(x.to(dtype) * (2.0 ** self.fraction_bits))
+        q = q.nan_to_num_(nan=0.0)  # the cast of NaN to int is undefined
         return torch.clamp(q, self.code_min, self.code_max).to(self.code_dtype)
 
     def decode(self, codes: torch.Tensor, scale=None, zero_point=None, axis=None,

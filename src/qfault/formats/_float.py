@@ -15,20 +15,29 @@ from ._base import NumberFormat
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _VIEW = {"float32": torch.int32, "float16": torch.int16, "bfloat16": torch.int16}
+_EXPONENT_BITS = {"float32": 8, "float16": 5, "bfloat16": 8}
 
 
 @dataclass(frozen=True)
 class FloatFormat(NumberFormat):
     """Raw IEEE bits of ``kind`` (``"float32"``, ``"float16"`` or ``"bfloat16"``).
 
+    Bit regions: ``"sign"`` (the top bit), ``"exponent"`` (8, 5 and 8 bits) and ``"mantissa"``
+    (23, 10 and 7 bits, from bit 0).
+
     Example:
+        >>> import torch
+        >>> from qfault.formats import FloatFormat
         >>> FloatFormat("float32").encode(torch.tensor([1.0])).tolist()
         [1065353216]
+        >>> {name: len(bits) for name, bits in FloatFormat("float16").bit_regions().items()}
+        {'sign': 1, 'exponent': 5, 'mantissa': 10}
     """
 
     kind: str = "float32"
 
     type_name = "float"
+    encodes_non_finite = True
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, tuple(_DTYPES))
@@ -60,6 +69,21 @@ class FloatFormat(NumberFormat):
     @property
     def pattern_dtype(self) -> torch.dtype:
         return self.code_dtype
+
+    @property
+    def exponent_bits(self) -> int:
+        return _EXPONENT_BITS[self.kind]
+
+    @property
+    def mantissa_bits(self) -> int:
+        """Stored fraction bits (the leading 1 of normal numbers is implicit)."""
+        return self.bits - 1 - self.exponent_bits
+
+    def bit_regions(self) -> dict[str, tuple[int, ...]]:
+        """``sign``, ``exponent`` and ``mantissa`` bit positions (0 = mantissa LSB)."""
+        m = self.mantissa_bits
+        return {"sign": (self.bits - 1,), "exponent": tuple(range(m, self.bits - 1)),
+                "mantissa": tuple(range(m))}
 
     def to_bits(self, codes: torch.Tensor) -> torch.Tensor:
         return codes.to(self.code_dtype) & self.bit_mask

@@ -37,10 +37,17 @@ class IntFormat(NumberFormat):
         range: ``"full"`` clamps to ``[-2**(b-1), 2**(b-1) - 1]``; ``"narrow"`` to
             ``[-(2**(b-1) - 1), 2**(b-1) - 1]`` (signed only; unsigned ignores it).
 
+    Bit regions: ``"sign"`` (bit ``bits - 1``, signed formats only) and ``"integer"`` (every other
+    bit of the code), the names :class:`FixedPoint` gives the same bits when it has no fraction.
+
     Example:
+        >>> import torch
+        >>> from qfault.formats import IntFormat
         >>> fmt = IntFormat(8)
         >>> fmt.encode(torch.tensor([0.5, -1.0]), scale=0.25).tolist()
         [2, -4]
+        >>> fmt.bit_regions()
+        {'sign': (7,), 'integer': (0, 1, 2, 3, 4, 5, 6)}
     """
 
     bits: int = 8
@@ -49,6 +56,7 @@ class IntFormat(NumberFormat):
     range: str = "full"
 
     type_name = "int"
+    needs_qparams = True
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 16:
@@ -89,13 +97,30 @@ class IntFormat(NumberFormat):
         sign = 1 << (self.bits - 1)
         return (patterns ^ sign) - sign
 
+    def bit_regions(self) -> dict[str, tuple[int, ...]]:
+        """``{"sign": (bits - 1,), "integer": (0, .., bits - 2)}``; unsigned: ``{"integer": all}``."""
+        if not self.signed:
+            return {"integer": tuple(range(self.bits))}
+        return {"sign": (self.bits - 1,), "integer": tuple(range(self.bits - 1))}
+
     def encode(self, x: torch.Tensor, scale=1.0, zero_point=0, axis: int | None = None) -> torch.Tensor:
-        """Quantize floats to codes: ``clamp(round(x / scale) + zero_point, code_min, code_max)``."""
-        q = x if scale is None else x / broadcast_param(scale, x, axis)
-        q = round_codes(q, self.rounding)
+        """Quantize floats to codes: ``clamp(round(x / scale) + zero_point, code_min, code_max)``.
+
+        Every code is in ``[code_min, code_max]``: ±inf saturate and NaN (also ``0 / 0`` from a
+        zero scale) encodes as 0.0 does, to the clamped zero point (zero points are integers).
+        """
+        return self.float_codes(x, scale, zero_point, axis).to(torch.int32)
+
+    def float_codes(self, x: torch.Tensor, scale=1.0, zero_point=0, axis: int | None = None) -> torch.Tensor:
+        """:meth:`encode`'s codes as a floating tensor of ``x``'s dtype (exact integers below
+        2**24 in float32), without the cast to int."""
+        q = x / broadcast_param(scale, x, axis) if scale is not None else x.clone()
+        # in place on the fresh quotient; NaN -> 0 (the cast of NaN to int is undefined), ±inf
+        # become ±max-float, the same clamp result
+        q = (q.add_(0.5).floor_() if self.rounding == "half_up" else q.round_()).nan_to_num_(nan=0.0)
         if zero_point is not None and not (isinstance(zero_point, int) and zero_point == 0):
-            q = q + broadcast_param(zero_point, x, axis)
-        return torch.clamp(q, self.code_min, self.code_max).to(torch.int32)
+            q = q.add_(broadcast_param(zero_point, x, axis))
+        return q.clamp_(self.code_min, self.code_max)
 
     def decode(self, codes: torch.Tensor, scale=1.0, zero_point=0, axis: int | None = None,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:

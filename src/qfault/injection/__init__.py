@@ -4,7 +4,9 @@ from ._adapters import (
     ADAPTERS, QuantAdapter, default_activation_types, is_quantized, quantizer_name, register_adapter, tensor_value,
     with_value,
 )
-from ._api import CONFIG_HANDLERS, InjectionHandle, inject, register_config, select_modules
+from ._api import CONFIG_HANDLERS, InjectionHandle, inject, register_config
+from ._select import matches_name, matches_type, select_modules
+from ._sites import SITES, SiteKind
 from ._grad import replace_at
 from ._spec import InjectSpec, Mode, Site
 from ._stats import SiteStats, Statistics
@@ -12,4 +14,5 @@ from ._stats import SiteStats, Statistics
 __all__ = ["inject", "InjectSpec", "InjectionHandle", "Site", "Mode", "Statistics", "SiteStats",
            "select_modules", "replace_at",
            "ADAPTERS", "QuantAdapter", "register_adapter", "quantizer_name", "is_quantized", "tensor_value",
-           "with_value", "default_activation_types", "register_config", "CONFIG_HANDLERS"]
+           "with_value", "default_activation_types", "register_config", "CONFIG_HANDLERS", "SITES", "SiteKind",
+           "matches_name", "matches_type"]

@@ -27,6 +27,8 @@ class QuantAdapter(Protocol):
 
     #: module class names selected by default for ``output``/``input`` sites
     activation_types: tuple[str, ...]
+    #: what the library calls its quantized tensors (for messages)
+    tensor_name: str
 
     def quantizer(self, module: nn.Module, role: str) -> str | None:
         """The attribute name of ``module``'s quantizer for ``role`` (``"weight"`` or
@@ -36,7 +38,11 @@ class QuantAdapter(Protocol):
         """Whether ``x`` is a quantized tensor of this library."""
 
     def qparams(self, x: Any) -> tuple[IntFormat, torch.Tensor, torch.Tensor]:
-        """``(integer format, scale, zero point)`` of a quantized tensor."""
+        """``(integer format, scale, zero point)`` of a quantized tensor (raises
+        :class:`QFaultConfigError` where its width has no int format)."""
+
+    def scale_zero(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, zero point)`` of a quantized tensor."""
 
     def value(self, x: Any) -> torch.Tensor:
         """The dequantized float values of a quantized tensor."""
@@ -61,6 +67,7 @@ class BrevitasAdapter:
     """Brevitas ``QuantTensor`` values and ``weight_quant`` / ``act_quant`` proxies."""
 
     activation_types = ("QuantIdentity", "QuantReLU", "QuantHardTanh")
+    tensor_name = "QuantTensor"
     _ROLES = {"weight": "weight_quant", "output": "act_quant"}
 
     def quantizer(self, module: nn.Module, role: str) -> str | None:
@@ -77,6 +84,9 @@ class BrevitasAdapter:
     def qparams(self, x: Any) -> tuple[IntFormat, torch.Tensor, torch.Tensor]:
         bits = int(round(float(x.bit_width)))
         return IntFormat(bits=bits, signed=bool(x.signed)), x.scale, x.zero_point
+
+    def scale_zero(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.scale, x.zero_point
 
     def value(self, x: Any) -> torch.Tensor:
         return x.value
@@ -158,6 +168,6 @@ def quantized_format(x: Any, where: str) -> tuple[IntFormat, torch.Tensor, torch
         return adapter.qparams(x)
     except QFaultConfigError:
         raise QFaultConfigError(
-            "format", None, f"a number format for the {float(x.bit_width):g}-bit quantized tensor at "
+            "format", None, f"a number format for the {float(x.bit_width):g}-bit {adapter.tensor_name} at "
             f"{where} (own formats are used up to 16 bits)",
             hint="give the spec a format, e.g. int8, or select other layers") from None

@@ -9,7 +9,7 @@ from typing import Any
 from .._config import to_dict
 from .._errors import QFaultConfigError, check_bool, check_choice, check_range
 from ..faults import FaultModel, get_fault
-from ..faults._apply import resolve_bits
+from ..faults import resolve_bits
 from ..formats import NumberFormat, get_format
 from ._grad import GRADIENT_MODES
 
@@ -32,6 +32,11 @@ class Mode(str, Enum):
 
 
 LAYER_MODES = ("all", "random_per_run", "random_per_forward")
+GRANULARITIES = ("per_channel", "per_tensor")
+#: fields added after the first spec version: left out of ``to_dict`` at their default, so the
+#: dicts (and the campaign fingerprints built from them) of specs that do not use them stay as
+#: they were
+_NEWER_FIELDS = {"granularity": None}
 PERSISTENCE = ("transient", "permanent")
 
 
@@ -60,6 +65,10 @@ class InjectSpec:
             when this is None.
         scale: fixed scale for an int format on float tensors; None calibrates (weights once
             per output channel at injection time, activations per tensor on every forward).
+        granularity: how an int format is calibrated on float weights and biases:
+            ``"per_channel"`` (per output channel, the default for weights) or ``"per_tensor"``
+            (one scale per tensor, as per-tensor quantized hardware stores them). None: the
+            default. Activations are calibrated per tensor.
         types: module class names (any class in the MRO matches) or classes.
             Default: Conv/Linear for weight/bias, Brevitas QuantIdentity/QuantReLU/QuantHardTanh
             for output/input.
@@ -80,6 +89,7 @@ class InjectSpec:
     site: Site | str = Site.WEIGHT
     format: Any = None
     scale: float | None = None
+    granularity: str | None = None
     types: tuple | None = None
     names: tuple[str, ...] | None = None
     indices: tuple[int, ...] | None = None
@@ -104,6 +114,11 @@ class InjectSpec:
             resolve_bits(self.fault.bits, self.format)  # positions the format holds, checked up front
         if self.scale is not None:
             check_range("scale", self.scale, 1e-38, 3e38)
+        if self.granularity is not None:
+            check_choice("granularity", self.granularity, GRANULARITIES)
+            if self.site in (Site.OUTPUT, Site.INPUT):
+                raise QFaultConfigError("granularity", self.granularity,
+                                        "None for output/input sites (activations are calibrated per tensor)")
         set_("types", _as_tuple("types", self.types, (str, type)))
         set_("names", _as_tuple("names", self.names, (str,)))
         set_("indices", _as_tuple("indices", self.indices, (int,)))
@@ -126,6 +141,9 @@ class InjectSpec:
 
     def to_dict(self) -> dict:
         out = to_dict(self)
+        for name, default in _NEWER_FIELDS.items():
+            if out.get(name) == default:
+                del out[name]
         out["site"] = self.site.value
         out["active_in"] = self.active_in.value
         if self.types is not None:

@@ -1,4 +1,5 @@
-"""The seed-000 (WEBCRAFT) quantized ``nn.Linear``, as a drop-in module.
+"""The seed-000 (WEBCRAFT) quantized ``nn.Linear``, as a drop-in module and the layer swap
+``"seed_quant_linear"`` (:class:`SeedQuantConfig`).
 
 Numerics (REFERENCE_NOTES 4.1), all scale arithmetic in float32:
 
@@ -32,11 +33,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from .._errors import QFaultConfigError, check_range
+from .._config import to_dict
+from .._errors import QFaultConfigError, check_bool, check_range
+from ._swap import register_layer_swap, swap_modules
 
 MAX_BITS = 16
 MAX_IN_FEATURES = 1 << 20  # keeps the exact float64 accumulation below 2**53 (see module doc)
@@ -205,44 +210,93 @@ class SeedQuantLinear(nn.Module):
                 f"weight_bits={self.weight_bits}, act_bits={self.act_bits}, frozen={self.frozen}")
 
 
+def _skip_names(skip) -> tuple[str, ...]:
+    if isinstance(skip, str):
+        return (skip,)
+    try:
+        names = tuple(skip)
+    except TypeError:
+        raise QFaultConfigError("skip", skip, "a module name or a list of names") from None
+    for name in names:
+        if not isinstance(name, str):
+            raise QFaultConfigError("skip", name, "module names (qualified, or the last component)")
+    return names
+
+
+@dataclass(frozen=True)
+class SeedQuantConfig:
+    """Swap every ``nn.Linear`` for :class:`SeedQuantLinear` (layer swap ``"seed_quant_linear"``).
+
+    Args:
+        weight_bits: weight code width, 2 to 16.
+        act_bits: activation code width, 2 to 16.
+        skip: names left as ``nn.Linear``: a layer is skipped when its qualified name, or the
+            last component of it, is listed (the seed skips ``head``). A str is one name.
+        freeze: freeze the codes of the new layers (:meth:`SeedQuantLinear.freeze`) right away.
+    """
+
+    type_name: ClassVar[str] = "seed_quant_linear"
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    skip: tuple[str, ...] = ("head",)
+    freeze: bool = False
+
+    def __post_init__(self) -> None:
+        _check_bits("weight_bits", self.weight_bits)
+        _check_bits("act_bits", self.act_bits)
+        object.__setattr__(self, "skip", _skip_names(self.skip))
+        check_bool("freeze", self.freeze)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def _matches(name: str, module: nn.Module, config: SeedQuantConfig) -> bool:
+    # isinstance, as the seed's swap: subclasses of nn.Linear are swapped too
+    return isinstance(module, nn.Linear) and not (name in config.skip or name.rsplit(".", 1)[-1] in config.skip)
+
+
+@register_layer_swap("seed_quant_linear", SeedQuantConfig, matches=_matches, aliases=("seed_quant",))
+def _build(module: nn.Linear, config: SeedQuantConfig) -> SeedQuantLinear:
+    layer = SeedQuantLinear.from_linear(module, weight_bits=config.weight_bits, act_bits=config.act_bits)
+    return layer.freeze() if config.freeze else layer
+
+
 def swap_linear(model: nn.Module, skip: Iterable[str] | str = ("head",), weight_bits: int = 8,
                 act_bits: int = 8) -> list[str]:
-    """Replace, in place, every ``nn.Linear`` of ``model`` by :meth:`SeedQuantLinear.from_linear`.
+    """``swap_modules(model, SeedQuantConfig(weight_bits, act_bits, skip)).swapped``: replace,
+    in place, every ``nn.Linear`` of ``model`` by :meth:`SeedQuantLinear.from_linear`.
 
     A layer is skipped when its qualified name, or the last component of it, is in ``skip`` (the
     seed skips ``head``). Other module types (e.g. the ViT ``patch_embed`` Conv2d) are untouched.
     A Linear shared by several parents gets one replacement, shared the same way. Returns the
-    qualified names replaced (first name of each replaced module, in ``named_modules`` order).
+    qualified names replaced (first name of each replaced module, in ``named_modules`` order);
+    the swap is permanent (use :func:`swap_modules` for a handle that undoes it).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> swap_linear(model, skip="2")
+        ['0']
     """
-    _check_bits("weight_bits", weight_bits)
-    _check_bits("act_bits", act_bits)
-    if not isinstance(model, nn.Module):
-        raise QFaultConfigError("model", type(model).__name__, "an nn.Module")
-    skip = (skip,) if isinstance(skip, str) else tuple(skip)
-    if isinstance(model, nn.Linear):
-        raise QFaultConfigError("model", "nn.Linear", "a module containing nn.Linear layers",
-                                hint="the root module cannot be replaced in place; use SeedQuantLinear.from_linear")
-    new: dict[int, SeedQuantLinear] = {}
-    replaced: list[str] = []
-    targets = []
-    for name, mod in model.named_modules(remove_duplicate=False):
-        if not isinstance(mod, nn.Linear) or name in skip or name.rsplit(".", 1)[-1] in skip:
-            continue
-        if id(mod) not in new:
-            new[id(mod)] = SeedQuantLinear.from_linear(mod, weight_bits=weight_bits, act_bits=act_bits)
-            replaced.append(name)
-        targets.append((name, mod))
-    for name, mod in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, new[id(mod)])
-    return replaced
+    config = SeedQuantConfig(weight_bits=weight_bits, act_bits=act_bits, skip=skip)
+    return swap_modules(model, config).swapped
 
 
 @contextmanager
 def float_mode(model: nn.Module) -> Iterator[None]:
     """Within the context every ``SeedQuantLinear`` of ``model`` computes in float (its float
-    ``weight``): the clean, unquantized baseline of seed 000."""
+    ``weight``): the clean, unquantized baseline of seed 000.
+
+    Example:
+        >>> layer = nn.Linear(8, 3)
+        >>> model = nn.Sequential(layer)
+        >>> swap = swap_modules(model, SeedQuantConfig(skip=(), freeze=True))
+        >>> x = torch.randn(2, 8)
+        >>> with float_mode(model):
+        ...     torch.equal(model(x), layer(x))
+        True
+    """
     layers = [m for m in model.modules() if isinstance(m, SeedQuantLinear)]
     for layer in layers:
         layer.quantized = False
@@ -259,11 +313,12 @@ def seed_quant_vit(name: str = "vit_base_patch16_224", checkpoint: str | None = 
 
     Builds ``timm.create_model(name, pretrained=False)`` (never downloads), loads ``checkpoint``
     (a local state dict file) when given, swaps every Linear but ``skip`` and freezes the codes.
-    Usable as a campaign model factory: ``{source: factory, factory: "qfault.mitigation:seed_quant_vit",
+    Usable as a campaign model factory: ``{source: factory, factory: "qfault.layers:seed_quant_vit",
     kwargs: {name: vit_base_patch16_224, checkpoint: /models/vit_b16.pth}}``.
     """
     import timm
 
+    config = SeedQuantConfig(weight_bits=weight_bits, act_bits=act_bits, skip=skip, freeze=True)
     model = timm.create_model(name, pretrained=False, **timm_kwargs)
     if checkpoint is not None:
         try:
@@ -277,8 +332,5 @@ def seed_quant_vit(name: str = "vit_base_patch16_224", checkpoint: str | None = 
         except Exception as exc:
             raise QFaultConfigError("checkpoint", str(checkpoint), f"a state dict for {name}",
                                     hint=str(exc).splitlines()[0]) from None
-    swap_linear(model, skip=skip, weight_bits=weight_bits, act_bits=act_bits)
-    for module in model.modules():
-        if isinstance(module, SeedQuantLinear):
-            module.freeze()
+    swap_modules(model, config)  # permanent: the handle is dropped
     return model.eval()

@@ -1,4 +1,5 @@
-"""Tests of the seed-000 quantized Linear against an independent numpy/Python-int reference."""
+"""Tests of the seed-000 quantized Linear (``qfault.layers``) against an independent
+numpy/Python-int reference."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import torch
 from torch import nn
 
 from qfault._errors import QFaultConfigError
-from qfault.mitigation import (
+from qfault.layers import (
+    SeedQuantConfig,
     SeedQuantLinear,
-    remap,
     seed_quantize_activation,
     seed_quantize_weight,
     swap_linear,
+    swap_modules,
 )
+from qfault.mitigation import remap
 
 F32 = np.float32
 
@@ -271,14 +274,27 @@ def test_swap_linear_vit_tiny():
     assert not math.isnan(float(y.std()))
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"rate": 100.5}, "rate"), ({"rate": -1.0}, "rate"), ({"method": "none-such"}, "method"),
-    ({"tile": 0}, "tile"), ({"seed": -1}, "seed"),
-])
-def test_stuck_at_spec_validation(kwargs, field):
-    from qfault.mitigation import StuckAtSpec
+# ----------------------------------------------------------------------------- the config
+def test_seed_quant_config_fields_and_validation():
+    config = SeedQuantConfig(weight_bits=4, act_bits=6, skip=["head", "fc"], freeze=True)
+    assert config.skip == ("head", "fc") and SeedQuantConfig(skip="head").skip == ("head",)
+    assert config.to_dict() == {"type": "seed_quant_linear", "version": 1, "weight_bits": 4, "act_bits": 6,
+                                "skip": ["head", "fc"], "freeze": True}
+    for kwargs, field in [({"weight_bits": 1}, "weight_bits"), ({"act_bits": 17}, "act_bits"),
+                          ({"skip": 3}, "skip"), ({"skip": ("head", 3)}, "skip"), ({"freeze": 1}, "freeze")]:
+        with pytest.raises(QFaultConfigError) as e:
+            SeedQuantConfig(**kwargs)
+        assert e.value.field == field
 
-    with pytest.raises(QFaultConfigError) as e:
-        StuckAtSpec(**kwargs)
-    assert e.value.field == field
-    assert StuckAtSpec(method="flip-bitwise").method == "bit_flip"  # the seed's names are aliases
+
+def test_swap_modules_equals_swap_linear_and_freeze_option():
+    a, b = _Toy(), _Toy()
+    b.load_state_dict(a.state_dict())
+    names = swap_linear(a, skip=("head",), weight_bits=4, act_bits=6)
+    handle = swap_modules(b, SeedQuantConfig(weight_bits=4, act_bits=6, skip=("head",), freeze=True))
+    assert handle.swapped == names == ["blocks.0.0", "blocks.0.2", "blocks.1.0", "blocks.1.2", "shared"]
+    assert all(b.get_submodule(n).frozen and not a.get_submodule(n).frozen for n in names)
+    x = torch.randn(3, 4)
+    for n in names:
+        assert torch.equal(b.get_submodule(n)(x), a.get_submodule(n)(x))  # frozen codes = quantized on the fly
+        assert torch.equal(b.get_submodule(n).weight_codes, seed_quantize_weight(a.get_submodule(n).weight, 4)[0])
