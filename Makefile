@@ -25,6 +25,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_sampling.py
 	$(BIN)/python bench/bench_campaign.py
 	$(BIN)/python bench/bench_mitigation.py
+	$(BIN)/python bench/bench_statistics.py
+	$(BIN)/python bench/bench_specs.py
 
 clean:
 	rm -rf $(VENV) demo-results

@@ -9,6 +9,8 @@ bench_statistics.py measures the statistics). Rows, timed in alternation with th
                max|w|/127>: how a campaign with per-tensor scales is written today
   13 specs pc  the same 13 specs without scale= (per-channel scales): separates the cost of the
                number of specs from the scale granularity
+  1 spec pt    one spec with granularity="per_tensor": the per-tensor campaign written as one spec
+               (qfault versions that have the field)
   plain pc/pt  the plain injector of bench_statistics.py with per-channel / per-tensor scales:
                one draw over the 13 tensors either way (a reference)
 Goal: 13 specs / 1 spec (paired) <= 1.2x at both batch sizes.
@@ -51,6 +53,9 @@ def specs_for(kind: str, base: nn.Module) -> list[qfault.InjectSpec]:
     fault = qfault.BitFlip(ber=BER)
     if kind == "one":
         return [qfault.InjectSpec(fault=fault, site="weight", format="int8", track_statistics=False, seed=0)]
+    if kind == "one_pt":  # one spec, one scale per tensor (qfault versions with InjectSpec.granularity)
+        return [qfault.InjectSpec(fault=fault, site="weight", format="int8", granularity="per_tensor",
+                                  track_statistics=False, seed=0)]
     return [qfault.InjectSpec(fault=fault, site="weight", names=(name,), format="int8",
                               scale=per_tensor_scale(m.weight) if kind == "13" else None,
                               track_statistics=False, seed=0)
@@ -63,7 +68,7 @@ def check(kind: str, base: nn.Module, x: torch.Tensor, mode: str, n_fwd: int = 5
     model = copy.deepcopy(base)
     before = [p.detach().clone() for p in model.parameters()]
     weights = {name: m.weight.detach() for name, m in weight_layers(base)}
-    per_tensor = kind == "13"
+    per_tensor = kind in ("13", "one_pt")
     flips, codes = [], {"per tensor": [0, 0], "per channel": [0, 0]}
 
     def listener(site_name, draw, old, new):
@@ -105,12 +110,15 @@ def check_plain(per_tensor: bool, base: nn.Module, x: torch.Tensor, mode: str, n
 
 
 ROWS = {"1 spec": "one", "13 specs": "13", "13 specs pc": "13pc"}
+if "granularity" in qfault.InjectSpec.__dataclass_fields__:
+    ROWS["1 spec pt"] = "one_pt"  # the per-tensor campaign as one spec
 
 
 def bench(batch: int, base: nn.Module, device, args) -> tuple[list, list[str]]:
     x = torch.randn(batch, 3, 32, 32, device=device)
-    checks = [check(kind, base, x, args.grad_mode) for kind in ROWS.values()]
-    checks += [check_plain(pt, base, x, args.grad_mode) for pt in (False, True)]
+    n_fwd = 3 if args.quick else 5
+    checks = [check(kind, base, x, args.grad_mode, n_fwd) for kind in ROWS.values()]
+    checks += [check_plain(pt, base, x, args.grad_mode, n_fwd) for pt in (False, True)]
     models = {name: copy.deepcopy(base) for name in ["clean", *ROWS, "plain pc", "plain pt"]}
     handles = [qfault.inject(models[name], specs_for(kind, base)) for name, kind in ROWS.items()]
     injectors = [PlainWeightFaults(models["plain pc"], BER, "int8"),
@@ -144,8 +152,8 @@ def main() -> None:
     base = make_model().to(device)
     print(machine_line(device))
     print(f"model: SmallResNet, {count_params(base):,} params, {len(weight_layers(base))} Conv2d/Linear weights; "
-          f"input 3x32x32; eval mode under {args.grad_mode}; qfault {qfault.__version__} ({Path(qfault.__file__).parent}); "
-          f"{'quick' if args.quick else 'full'} run")
+          f"input 3x32x32; eval mode under {args.grad_mode}; qfault {qfault.__version__} "
+          f"({Path(qfault.__file__).parent}); {'quick' if args.quick else 'full'} run")
     t_start = time.perf_counter()
     rows, checks = [], []
     for batch in (int(b) for b in args.batches.split(",")):

@@ -338,10 +338,10 @@ def check_qfault(workload: str, stats: bool, base: nn.Module, x: torch.Tensor, m
         differs = _differs(lambda: model(x), base(x), n_fwd)
         summary = handle.statistics().to_dict()["summary"]
     restored = all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
-    return (f"  check qfault {'on ' if stats else 'off'} {workload} b{x.shape[0]}: {sum(flips) / n_fwd:.1f} bit flips/"
-            f"forward (expected {expected_flips(workload, x.shape[0], base):.0f}); output differs in {differs}/{n_fwd}; "
-            f"statistics: {summary['total_injected']} faulted of {summary['total_activations']} seen; "
-            f"weights restored: {restored}")
+    return (f"  check qfault {'on ' if stats else 'off'} {workload} b{x.shape[0]}: {sum(flips) / n_fwd:.1f} "
+            f"bit flips/forward (expected {expected_flips(workload, x.shape[0], base):.0f}); "
+            f"output differs in {differs}/{n_fwd}; statistics: {summary['total_injected']} faulted of "
+            f"{summary['total_activations']} seen; weights restored: {restored}")
 
 
 def check_plain(workload: str, base: nn.Module, x: torch.Tensor, mode: str, n_fwd: int = 5) -> str:
@@ -360,16 +360,18 @@ def budget(batch: int, quick: bool, reference: bool = False) -> dict:
     if reference:  # third-party steps cost up to ~100x a forward: fewer samples
         return {"rounds": 3 if quick else 7, "iters": 1 if batch >= 64 or quick else 4, "warmup": 1}
     if batch >= 64:
-        rounds, iters = (5, 1) if quick else (15, 2)
+        rounds, iters = (4, 1) if quick else (15, 2)
     else:
-        rounds, iters = (5, 10) if quick else (15, 40)
+        rounds, iters = (4, 10) if quick else (15, 40)
     return {"rounds": rounds, "iters": iters, "warmup": 2 if batch >= 64 else 20}
 
 
 def bench(workload: str, batch: int, base: nn.Module, device, args) -> tuple[list, list[str]]:
     x = torch.randn(batch, 3, 32, 32, device=device)
-    checks = [check_qfault(workload, False, base, x, args.grad_mode), check_qfault(workload, True, base, x, args.grad_mode),
-              check_plain(workload, base, x, args.grad_mode)]
+    n_fwd = 3 if args.quick else 5
+    checks = [check_qfault(workload, False, base, x, args.grad_mode, n_fwd),
+              check_qfault(workload, True, base, x, args.grad_mode, n_fwd),
+              check_plain(workload, base, x, args.grad_mode, n_fwd)]
     clean, off, on, plain = (copy.deepcopy(base) for _ in range(4))
     handles = [qfault.inject(off, qfault_spec(workload, False)), qfault.inject(on, qfault_spec(workload, True))]
     injector = plain_injector(workload, plain)
@@ -405,8 +407,9 @@ def other_rows(workload: str, batch: int, base: nn.Module, x: torch.Tensor, devi
                 continue
             try:
                 fn = make(workload, base, x)
+                n_fwd = 2 if args.quick else 3
                 checks.append(f"  check {name:10s} {workload} b{batch}: output differs in "
-                              f"{_differs(fn, clean_out, 3)}/3")
+                              f"{_differs(fn, clean_out, n_fwd)}/{n_fwd}")
                 fns[name] = fn
             except Exception as exc:  # API drift across versions: report, do not fail the benchmark
                 rows.append([workload, str(batch), name, f"failed: {type(exc).__name__}: {exc}", "", "", "", "", ""])

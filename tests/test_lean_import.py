@@ -53,3 +53,28 @@ def test_public_names_resolve():
 
     for name in qfault.__all__:
         assert getattr(qfault, name) is not None
+
+
+def test_subpackages_resolve_as_attributes_in_a_fresh_process():
+    result = run(
+        "for name in ('formats', 'faults', 'injection', 'layers', 'mitigation', 'campaign', 'data', 'config'):\n"
+        "    assert getattr(qfault, name).__name__ == 'qfault.' + name, name\n"
+        "assert qfault.formats.IntFormat(8).bits == 8\n"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_inject_is_one_callable_object_and_old_imports_warn():
+    result = run(
+        "import warnings\n"
+        "verb = qfault.inject\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from qfault.inject import InjectSpec\n"
+        "assert any(issubclass(w.category, FutureWarning) and 'qfault.injection' in str(w.message) for w in caught)\n"
+        "import qfault.inject\n"
+        "assert qfault.inject is verb and callable(verb)\n"
+        "from qfault.injection import InjectSpec as Current\n"
+        "assert InjectSpec is Current\n"
+    )
+    assert result.returncode == 0, result.stderr

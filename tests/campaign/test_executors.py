@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import pickle
+import sys
 import time
 from pathlib import Path
 
@@ -123,20 +124,10 @@ def test_parquet_tables_read_back_equal_the_csv(tmp_path):
 def test_report_without_pyarrow_skips_parquet_or_says_what_is_missing(tmp_path, monkeypatch):
     spec = make_spec(tmp_path, repetitions=1, sweep={"fault.ber": [0.0]})
     result = run_campaign(spec, **QUIET)
-    monkeypatch.setattr(_report, "_have_pyarrow", lambda: False)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if pyarrow were not installed
     with CampaignStore(spec.store_path(), spec, create=False) as store:
         written = write_report(result, store, tmp_path / "r", plots=False)
     assert sorted(p.name for p in written) == ["points.csv", "summary.json", "trials.csv"]
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_pyarrow(name, *args, **kwargs):
-        if name.startswith("pyarrow"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
     with CampaignStore(spec.store_path(), spec, create=False) as store:
         with pytest.raises(QFaultConfigError, match="pyarrow"):
             write_report(summarize(spec, store), store, tmp_path / "r2", plots=False, parquet=True)

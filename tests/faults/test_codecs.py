@@ -124,16 +124,50 @@ def test_codec_at_exact_halves(name, rounding):
 
 
 @pytest.mark.parametrize("name", CODECS.list())
+@pytest.mark.parametrize("kind, pack", [("float32", "f"), ("float16", "e")])
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=40),
+       data=st.data())
+def test_codec_ieee_xor_equals_the_reference(name, kind, pack, values, data):
+    """XOR faults in raw IEEE bits: the value rounded to the format (``struct`` packs to nearest
+    even), its bit pattern XOR the mask, read back."""
+    codec, fmt = CODECS.get(name), FloatFormat(kind)
+    if not codec.supports(fmt, "xor"):
+        return
+    width = 32 if kind == "float32" else 16
+    masks = data.draw(st.lists(st.integers(0, (1 << width) - 1), min_size=len(values), max_size=len(values)))
+    unsigned = "I" if width == 32 else "H"
+    ref_old, ref_new, ref_faulty = [], [], []
+    for value, mask in zip(values, masks):
+        try:
+            old = struct.unpack(unsigned, struct.pack(pack, value))[0]
+        except OverflowError:  # beyond float16: rounds to infinity
+            old = struct.unpack(unsigned, struct.pack(pack, math.copysign(math.inf, value)))[0]
+        new = old ^ mask
+        ref_old.append(old)
+        ref_new.append(new)
+        ref_faulty.append(struct.unpack(pack, struct.pack(unsigned, new))[0] if new != old else value)
+    args = codec.wrap(torch.tensor(values, dtype=torch.float32), torch.tensor(masks, dtype=torch.int64), None, None)
+    old, new, faulty = codec.unwrap(codec.code(fmt, args[0], "xor", args[1], None, None, None))
+    assert old.tolist() == ref_old and new.tolist() == ref_new
+    expected = torch.tensor(ref_faulty, dtype=torch.float32)
+    assert torch.equal(faulty.isnan(), expected.isnan())
+    assert torch.equal(faulty.nan_to_num(), expected.nan_to_num())
+
+
+@pytest.mark.parametrize("name", CODECS.list())
 def test_codec_declares_what_it_supports(name):
-    """The fast codecs serve XOR faults in int formats; the torch codec serves everything."""
+    """The fast codecs serve XOR faults in int formats (numpy also raw float32/float16 bits);
+    the torch codec serves everything."""
     codec = CODECS.get(name)
     assert codec.supports(IntFormat(8), "xor")
-    others = [(FixedPoint(8, 3), "xor"), (FloatFormat("float32"), "xor"), (IntFormat(8), "stuck"),
-              (IntFormat(8), "random")]
+    others = [(FixedPoint(8, 3), "xor"), (FloatFormat("bfloat16"), "xor"), (IntFormat(8), "stuck"),
+              (IntFormat(8), "random"), (FloatFormat("float32"), "stuck")]
     if name == "torch":
-        assert all(codec.supports(fmt, op) for fmt, op in others)
+        assert all(codec.supports(fmt, op) for fmt, op in others + [(FloatFormat("float32"), "xor")])
     else:
         assert not any(codec.supports(fmt, op) for fmt, op in others)
+        assert codec.supports(FloatFormat("float16"), "xor") == (name == "numpy")
 
 
 @pytest.mark.parametrize("name", CODECS.list())

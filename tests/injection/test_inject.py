@@ -1133,3 +1133,17 @@ def test_weight_statistics_follow_an_in_place_weight_update():
     after = cosine(doubled)
     assert before != pytest.approx(after, rel=1e-9)  # the update changes the statistic
     assert cosine(mlp(), forwards=2, update_after_first=True) == pytest.approx((before + after) / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("site", ["weight", "output"])
+def test_statistics_under_inference_mode(site):
+    """Inference tensors carry no version counter: statistics still work, and weights keep theirs."""
+    model, x = mlp(), inputs((3, 6))
+    spec = InjectSpec(fault=BitFlip(ber=0.05), site=site, format="int8", seed=2,
+                      types=("ReLU",) if site == "output" else None)
+    with inject(model, spec) as handle, torch.inference_mode():
+        model(x)
+        model(x)
+    layers = handle.statistics().to_dict()["layers"]
+    assert all(layer["forwards"] == 2 for layer in layers.values())
+    assert sum(layer["injected_count"] for layer in layers.values()) > 0

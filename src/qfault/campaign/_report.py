@@ -91,9 +91,11 @@ def _write_csv(path: Path, table: _Table) -> None:
 
 
 def _have_pyarrow() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("pyarrow") is not None
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _write_parquet(path: Path, table: _Table) -> Path:

@@ -7,7 +7,8 @@ was. Three implementations compute exactly the same numbers (one equivalence tes
 registered codec and format checks it):
 
 - ``torch``: tensors on any device, every format and operation, usable under autograd. The default.
-- ``numpy``: XOR faults in int formats on finite float32 values, numpy arrays (CPU).
+- ``numpy``: XOR faults in int formats and in float32/float16 bits on finite float32 values,
+  numpy arrays (CPU).
 - ``scalar``: the same on a handful of Python floats, each float32 step computed in double and
   rounded once to float32, which gives the float32 result.
 
@@ -83,6 +84,8 @@ class TorchCodec:
         return fault_values(fmt, values, _OpDraw(op, mask, operand), scale, zero, finite)
 
     def square_norm(self, fmt, x, scale=None, zero=None, axis=None) -> float:
+        if fmt.encodes_non_finite:  # value units: the bits are the value
+            return float(torch.linalg.vector_norm(x, dtype=torch.float64)) ** 2
         block = _exact_block(fmt)
         if block is None or not hasattr(fmt, "float_codes") or x.dtype not in (torch.float32, torch.float16,
                                                                                 torch.bfloat16):
@@ -100,21 +103,27 @@ class TorchCodec:
 
 
 class NumpyCodec:
-    """XOR faults in int formats on finite float32 numpy arrays; bit-identical to ``torch``."""
+    """XOR faults in int formats and in the raw bits of float32/float16 on finite float32 numpy
+    arrays; bit-identical to ``torch``."""
 
     name = "numpy"
     per_element_params = True
 
     def supports(self, fmt: NumberFormat, op: str) -> bool:
-        return op == XOR and fmt.needs_qparams
+        return op == XOR and (fmt.needs_qparams or _numpy_ieee(fmt) is not None)
 
     def code(self, fmt, values, op, mask, operand=None, scale=None, zero=None):
         return xor_values_numpy(fmt, values, mask, scale, zero)
 
+    #: above this many elements the torch passes (in place, multi-threaded) cost less
+    NORM_ELEMENTS = 1 << 16
+
     def square_norm(self, fmt, x, scale=None, zero=None, axis=None) -> float:
         """For a float32 array with a per-tensor scale (a number) and integer zero point."""
-        block = _exact_block(fmt)
         flat = x.reshape(-1)
+        if fmt.encodes_non_finite or flat.size > self.NORM_ELEMENTS:
+            return TORCH.square_norm(fmt, torch.from_numpy(x), scale, zero, axis)
+        block = _exact_block(fmt)
         if block is None or axis is not None or flat.dtype != np.float32:
             return TORCH.square_norm(fmt, torch.from_numpy(x), scale, zero, axis)
         q = flat / np.float32(scale) if scale is not None else flat.copy()
@@ -122,14 +131,14 @@ class NumpyCodec:
             np.floor(np.add(q, np.float32(0.5), out=q), out=q)
         else:
             np.rint(q, out=q)
-        np.nan_to_num(q, copy=False, nan=0.0)
         if zero:
             q += np.float32(zero)
         np.minimum(np.maximum(q, np.float32(fmt.code_min), out=q), np.float32(fmt.code_max), out=q)
-        np.square(q, out=q)
-        full = q.size // block * block
-        total = float(q[:full].reshape(-1, block).sum(axis=1, dtype=np.float64).sum()) if full else 0.0
-        return total + float(q[full:].sum())
+        # exact: squares below 2**24 are exact in float32, and their float64 sum below 2**53
+        total = float(np.add.reduce(np.square(q, out=q), dtype=np.float64))
+        if not math.isfinite(total):  # NaN inputs: they encode as 0.0 does (rare: recompute)
+            return TORCH.square_norm(fmt, torch.from_numpy(x), scale, zero, axis)
+        return total
 
     def wrap(self, values, mask, scale, zero):
         return values.numpy(), mask.numpy(), _as_numpy(scale), _as_numpy(zero)
@@ -240,13 +249,33 @@ def fault_values(fmt: NumberFormat, values: torch.Tensor, draw, scale=None, zero
     return old, new, torch.where(new != old, faulty, values)
 
 
+def _numpy_ieee(fmt: NumberFormat) -> tuple | None:
+    """``(numpy float dtype, numpy unsigned dtype of its bits)`` of an IEEE format numpy holds."""
+    if not fmt.encodes_non_finite:
+        return None
+    return {torch.float32: (np.float32, np.uint32), torch.float16: (np.float16, np.uint16)}.get(fmt.dtype)
+
+
 def xor_values_numpy(fmt: NumberFormat, values: np.ndarray, mask: np.ndarray, scale=None, zero=None):
     """The tensor codec of :func:`fault_values` for XOR faults on finite float32 ``values``, in
     numpy: ``(old codes int32, new codes int32, faulty float32)``, bit-identical to the torch path.
 
     ``scale`` is None, a number or a float32 array per value; ``zero`` None, a number or an
-    array per value (zero points are small integers, exact in float32).
+    array per value (zero points are small integers, exact in float32). In an IEEE format
+    (float32, float16) the codes are the values' bit patterns and the scale is unused.
     """
+    ieee = _numpy_ieee(fmt)
+    if ieee is not None:
+        float_dtype, bits_dtype = ieee
+        if float_dtype is np.float32:
+            stored = values.astype(np.float32, copy=False)
+        else:  # round to the format, as the torch codec does (beyond its range: infinity)
+            with np.errstate(over="ignore"):
+                stored = values.astype(float_dtype)
+        old = stored.view(bits_dtype).astype(np.int64 if fmt.bits == 32 else np.int32)
+        new = old ^ mask.astype(old.dtype, copy=False)
+        faulty = new.astype(bits_dtype).view(float_dtype).astype(values.dtype)
+        return old, new, np.where(new != old, faulty, values)
     if isinstance(scale, np.ndarray):
         scale = scale.astype(np.float32, copy=False)
     elif scale is not None:

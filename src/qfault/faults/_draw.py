@@ -3,7 +3,8 @@
 A sampler is registered per fault model type (:func:`register_sampler`); :func:`draw_faults`
 dispatches through that registry, so a new fault model brings its own sampler and needs no edit
 here. Every draw uses a seeded CPU ``torch.Generator``; indices move to the target device
-afterwards, so the same seed gives the same faults on CPU and CUDA.
+afterwards, so the same seed gives the same faults on CPU and CUDA. Draws make tensors from
+generators only (nothing autograd records), so they need no ``no_grad`` context of their own.
 """
 
 from __future__ import annotations
@@ -76,11 +77,13 @@ class FaultDraw:
         if len(draws) == 1 and offsets[0] == 0:
             return draws[0]
         if all(isinstance(d, ArrayDraw) for d in draws):
-            index = np.concatenate([d.arrays[0] + off for d, off in zip(draws, offsets)])
-            mask = np.concatenate([d.arrays[1] for d in draws])
-            elements = np.concatenate([d.pairs[0] + off for d, off in zip(draws, offsets)])
-            bits = np.concatenate([d.pairs[1] for d in draws])
-            return ArrayDraw(index, mask, elements, bits)
+            starts = np.asarray(offsets, dtype=np.int64)
+            index = np.concatenate([d.arrays[0] for d in draws])
+            index += np.repeat(starts, [len(d.arrays[0]) for d in draws])
+            elements = np.concatenate([d.pairs[0] for d in draws])
+            elements += np.repeat(starts, [len(d.pairs[0]) for d in draws])
+            return ArrayDraw(index, np.concatenate([d.arrays[1] for d in draws]), elements,
+                             np.concatenate([d.pairs[1] for d in draws]))
         return FaultDraw.cat([d.offset(off) if off else d for d, off in zip(draws, offsets)])
 
 
@@ -387,7 +390,6 @@ def hw_periodic_index(shape: tuple[int, ...], fault: HwPeriodic, generator: torc
     return torch.nonzero(hw_periodic_mask(shape, pattern).reshape(-1)).view(-1)
 
 
-@torch.no_grad()
 def draw_faults(fault: FaultModel, shape: torch.Size | tuple[int, ...], fmt: NumberFormat,
                 generator: torch.Generator) -> FaultDraw:
     """Sample the faults of ``fault`` for a tensor of ``shape`` in ``fmt`` (on the CPU)."""
@@ -397,7 +399,6 @@ def draw_faults(fault: FaultModel, shape: torch.Size | tuple[int, ...], fmt: Num
     return sampler(fault, tuple(shape), fmt, generator)
 
 
-@torch.no_grad()
 def draw_per_image(fault: FaultModel, shape: tuple[int, ...], fmt: NumberFormat,
                    generator: torch.Generator) -> FaultDraw:
     """Independent draws of ``fault`` for each image of a batch (dim 0 of ``shape``)."""

@@ -45,7 +45,6 @@ def make_generator(*keys: object) -> torch.Generator:
     return gen
 
 
-@torch.no_grad()
 def binomial(n: int, p: float, generator: torch.Generator) -> int:
     """A Binomial(n, p) count (exact in float64 for any n below 2**53)."""
     if n <= 0 or p <= 0.0:
@@ -62,7 +61,6 @@ def _binomial_operands(n: int, p: float) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.full((1,), float(n), dtype=torch.float64), torch.full((1,), p, dtype=torch.float64)
 
 
-@torch.no_grad()
 def distinct(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
     """``k`` distinct positions drawn uniformly from ``range(n)``, sorted, as int64 (CPU).
 

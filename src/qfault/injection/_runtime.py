@@ -41,6 +41,37 @@ def _array(values) -> np.ndarray:
     return np.asarray(values)
 
 
+def hit_sums(fmt: NumberFormat, old, new, values, faulty, ranges: list[tuple[int, int]]) -> list[tuple]:
+    """Per range ``lo:hi`` of the hit elements: ``(codes changed, sum (f - c)**2 over them,
+    sum c (f - c), sum c**2, sum f**2)`` with ``c, f`` the clean and faulty codes (IEEE formats:
+    values), in a few numpy calls whatever the number of ranges."""
+    c, f = (values, faulty) if fmt.encodes_non_finite else (old, new)
+    if isinstance(c, list) and len(ranges) == 1:  # a few Python numbers (the scalar codec)
+        changed = sq_err = dot = c_sq = f_sq = 0
+        for o, n, cv, fv in zip(old, new, c, f):
+            cv, fv = float(cv), float(fv)
+            changed += o != n
+            sq_err += (fv - cv) ** 2 if o != n else 0.0
+            dot += cv * (fv - cv)
+            c_sq += cv * cv
+            f_sq += fv * fv
+        return [(int(changed), float(sq_err), float(dot), float(c_sq), float(f_sq))]
+    c, f = _float64(c), _float64(f)
+    delta = f - c
+    changed = _array(old) != _array(new)
+    moved = np.where(changed, delta, 0.0)
+    columns = np.stack([changed.astype(np.float64), moved * moved, c * delta, c * c, f * f])
+    if len(ranges) == 1:
+        lo, hi = ranges[0]
+        totals = columns[:, lo:hi].sum(axis=1)[None]
+    else:
+        starts = np.array([lo for lo, _ in ranges], dtype=np.int64)
+        padded = np.concatenate([columns, np.zeros((5, 1))], axis=1)  # reduceat needs starts < size
+        totals = np.add.reduceat(padded, starts, axis=1).T
+        totals[[hi == lo for lo, hi in ranges]] = 0.0  # reduceat gives an element for an empty range
+    return [(int(row[0]), float(row[1]), float(row[2]), float(row[3]), float(row[4])) for row in totals]
+
+
 def _float64(values) -> np.ndarray:
     return _array(values).astype(np.float64, copy=False)
 
@@ -156,18 +187,15 @@ class SiteRuntime:
         """Add one forward to the statistics, computed from the faults themselves (the hit
         elements' old and new codes, or their values for IEEE formats: tensors, numpy arrays or
         lists) plus one norm of the clean tensor (cached for unchanged weights)."""
-        c, f = (values, faulty) if fmt.encodes_non_finite else (old, new)
-        c, f = _float64(c), _float64(f)
-        changed = _array(old) != _array(new)
-        delta = f - c
-        n_changed = int(np.count_nonzero(changed))
-        moved = delta[changed]
+        sums = hit_sums(fmt, old, new, values, faulty, [(0, len(old))])[0]
+        self.record_sums(x, fmt, scale, zero_point, axis, *sums)
+
+    def record_sums(self, x, fmt, scale, zero_point, axis, changed: int, sq_err: float, dot_delta: float,
+                    clean_hit_sq: float, faulty_hit_sq: float) -> None:
+        """Add one forward from the hit elements' sums (see :func:`hit_sums`)."""
         clean_sq = self._clean_square_norm(x, fmt, scale, zero_point, axis)
-        self.stats.record(
-            numel=x.numel(), changed=n_changed, sq_err_sum=float(np.dot(moved, moved)) if n_changed else 0.0,
-            clean_sq=clean_sq, dot_delta=float(np.dot(c, delta)),
-            faulty_sq=clean_sq - float(np.dot(c, c)) + float(np.dot(f, f)),
-        )
+        self.stats.record(numel=x.numel(), changed=changed, sq_err_sum=sq_err if changed else 0.0,
+                          clean_sq=clean_sq, dot_delta=dot_delta, faulty_sq=clean_sq - clean_hit_sq + faulty_hit_sq)
 
     @torch.no_grad()
     def _clean_square_norm(self, x: torch.Tensor, fmt: NumberFormat, scale, zero_point, axis) -> float:
@@ -240,7 +268,8 @@ class SiteRuntime:
         :class:`ScalarDraw`. None when a faulted value is not finite or the zero point not an
         integer: the ``torch`` codec handles those."""
         scale_number, zero_number = numbers
-        if isinstance(draw, ScalarDraw) and (zero_number is None or float(zero_number).is_integer()):
+        if isinstance(draw, ScalarDraw) and SCALAR.supports(fmt, XOR) \
+                and (zero_number is None or float(zero_number).is_integer()):
             # outside autograd: a plain contiguous copy (as replace_at makes) that numpy may write
             out = x.clone(memory_format=torch.contiguous_format)
             target = out.numpy()
@@ -501,7 +530,7 @@ class ParamGroup:
         draw = self._draw(tables, active, params)
         observe = bool(self.handle._listeners) or any(site.spec.track_statistics for site in self.sites)
         if self._fast_route(params, draw, fmt, grad_enabled):
-            out = self._prepare_numpy(params, active, draw, tables, observe)
+            out = self._prepare_numpy(params, active, draw, tables)
             if out is not None:
                 return out
         index = draw.index
@@ -555,14 +584,15 @@ class ParamGroup:
             return False
         return all(p.dtype == torch.float32 and p.device.type == "cpu" and p.is_contiguous() for p in params)
 
-    def _prepare_numpy(self, params: list[torch.Tensor], active: list[bool], draw: FaultDraw, tables: dict,
-                       observe: bool) -> dict[int, tuple] | None:
+    def _prepare_numpy(self, params: list[torch.Tensor], active: list[bool], draw: FaultDraw,
+                       tables: dict) -> dict[int, tuple] | None:
         """:meth:`prepare` in numpy (see :meth:`_fast_route`); None when a faulted value is not
         finite (the tensor codec keeps those as they are)."""
         fmt = self.format
         arrays = tables.get("numpy")
         if arrays is None:
-            arrays = {key: tables[key].numpy() for key in ("ends", "starts", "channel_start", "inner", "scale")}
+            keys = ("ends", "starts") + (("channel_start", "inner", "scale") if fmt.needs_qparams else ())
+            arrays = {key: tables[key].numpy() for key in keys}
             zero = tables["zero"]
             arrays["zero"] = None if zero is None else zero.numpy().astype(np.float32)
             tables["numpy"] = arrays
@@ -575,17 +605,25 @@ class ParamGroup:
         clean = np.concatenate([view[local[lo:hi]] for view, (lo, hi) in zip(views, ranges)])
         if not np.isfinite(clean.sum()) and not np.isfinite(clean).all():  # the sum is one cheap check
             return None
-        channel = arrays["channel_start"][owner] + local // arrays["inner"][owner]
-        zero = None if arrays["zero"] is None else arrays["zero"][channel]
-        old, new, faulty = self.sites[0].fast_codec.code(fmt, clean, XOR, mask, None, arrays["scale"][channel], zero)
+        scale = zero = None
+        if fmt.needs_qparams:
+            channel = arrays["channel_start"][owner] + local // arrays["inner"][owner]
+            scale = arrays["scale"][channel]
+            zero = None if arrays["zero"] is None else arrays["zero"][channel]
+        old, new, faulty = self.sites[0].fast_codec.code(fmt, clean, XOR, mask, None, scale, zero)
+        tracked = [site.spec.track_statistics for site in self.sites]
+        sums = hit_sums(fmt, old, new, clean, faulty, ranges) if any(tracked) else None
         out = {}
-        for site, param, view, is_active, (lo, hi) in zip(self.sites, params, views, active, ranges):
+        for i, (site, param, view, is_active, (lo, hi)) in enumerate(zip(self.sites, params, views, active, ranges)):
             if not is_active:
                 continue
             out[id(site)] = (local[lo:hi], clean[lo:hi], faulty[lo:hi], view)
-            if observe:
-                self._report(site, param, draw, torch.from_numpy(local[lo:hi]), lo, hi, tables,
-                             *(a[lo:hi] for a in (old, new, clean, faulty)))
+            if tracked[i]:
+                site.record_sums(param, fmt, *site.float_qparams(param, fmt, is_weight=True), *sums[i])
+            if self.handle._listeners and hi > lo:
+                site_draw = self._site_draw(draw, torch.from_numpy(local[lo:hi]), lo, hi, draw.index, tables, site,
+                                            param)
+                self.handle._notify(site, site_draw, torch.from_numpy(old[lo:hi]), torch.from_numpy(new[lo:hi]))
         return out
 
     @staticmethod

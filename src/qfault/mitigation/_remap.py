@@ -95,7 +95,7 @@ def _groups(shape: tuple[int, ...], tile: int, device) -> tuple[torch.Tensor, in
 
 @torch.no_grad()
 def remap(codes: torch.Tensor, stuck_mask: torch.Tensor, stuck_value: torch.Tensor, *, bits: int = 8,
-          method: str = "cvm", tile: int = 64) -> torch.Tensor:
+          method: str = "cvm", tile: int = 64, max_entries: int = _CHUNK_ENTRIES) -> torch.Tensor:
     """The codes read back after the writer's best choice for stuck-at cells.
 
     Args:
@@ -111,6 +111,8 @@ def remap(codes: torch.Tensor, stuck_mask: torch.Tensor, stuck_value: torch.Tens
             ``"flip-bitwise"`` are accepted as aliases).
         tile: group width for ``sign_flip``/``bit_flip``: one output row x ``tile`` consecutive
             input columns (the seed's 64-row crossbar block of ``W^T`` x one output column).
+        max_entries: memory bound of ``bit_flip``: at most this many (element or component) x
+            inversion entries are evaluated at once (the result does not depend on it).
 
     Returns:
         int32 tensor of ``codes``' shape and device: the values read back. ``sign_flip`` can
@@ -148,7 +150,7 @@ def remap(codes: torch.Tensor, stuck_mask: torch.Tensor, stuck_value: torch.Tens
         return cvm_codes(w, mask, value, bits)
     if method == "sign_flip":
         return _sign_flip(w, mask, value, bits, tile)
-    return _bit_flip(w, mask, value, bits, tile)
+    return _bit_flip(w, mask, value, bits, tile, max_entries)
 
 
 def _sign_flip(w, mask, value, bits, tile):
@@ -163,7 +165,7 @@ def _sign_flip(w, mask, value, bits, tile):
     return torch.where(flip, minus, plus)
 
 
-def _bit_flip(w, mask, value, bits, tile):
+def _bit_flip(w, mask, value, bits, tile, max_entries=_CHUNK_ENTRIES):
     # only faulty elements depend on the inversion mask (a fault-free element reads back exactly)
     group, _ = _groups(tuple(w.shape), tile, w.device)
     flat_mask = mask.reshape(-1)
@@ -173,7 +175,7 @@ def _bit_flip(w, mask, value, bits, tile):
         return out.view(w.shape)
     wk, mk, vk = w.reshape(-1)[hit], flat_mask[hit], value.reshape(-1)[hit]
     used, slot = torch.unique(group[hit], return_inverse=True)
-    best = _best_inversion_masks(wk, mk, vk, slot, used.numel(), bits)
+    best = _best_inversion_masks(wk, mk, vk, slot, used.numel(), bits, max_entries)
     out[hit] = cvm_codes(wk, mk, (vk ^ best[slot]) & mk, bits)
     return out.view(w.shape)
 
@@ -191,14 +193,15 @@ def _bit_index(x: torch.Tensor) -> torch.Tensor:
     return _popcount((x & -x) - 1).long()
 
 
-def _subset_errors(w: torch.Tensor, mk: torch.Tensor, vk: torch.Tensor, n_stuck: int, bits: int) -> torch.Tensor:
+def _subset_errors(w: torch.Tensor, mk: torch.Tensor, vk: torch.Tensor, n_stuck: int, bits: int,
+                   max_entries: int = _CHUNK_ENTRIES) -> torch.Tensor:
     """``|read - w|`` of elements with ``n_stuck`` stuck bits for every inversion of those bits.
 
     Shape ``[n, 2**n_stuck]`` int64: column ``s`` inverts the stuck bits selected by the bits of
     ``s`` (bit ``i`` of ``s`` = the ``i``-th lowest stuck bit of the element).
     """
     out = torch.empty(w.numel(), 1 << n_stuck, dtype=torch.int64, device=w.device)
-    step = max(1, _CHUNK_ENTRIES >> n_stuck)
+    step = max(1, max_entries >> n_stuck)
     for start in range(0, w.numel(), step):  # a loop over chunks of elements, not over elements
         ww, mm, vv = w[start:start + step, None], mk[start:start + step, None], vk[start:start + step, None]
         inverted = torch.zeros_like(mm)  # the inversion mask restricted to the stuck bits, per s
@@ -212,7 +215,7 @@ def _subset_errors(w: torch.Tensor, mk: torch.Tensor, vk: torch.Tensor, n_stuck:
     return out
 
 
-def _best_inversion_masks(wk, mk, vk, slot, n_slots: int, bits: int) -> torch.Tensor:
+def _best_inversion_masks(wk, mk, vk, slot, n_slots: int, bits: int, max_entries: int = _CHUNK_ENTRIES) -> torch.Tensor:
     """The smallest error-minimising inversion mask of every group, int32 ``[n_slots]``.
 
     ``wk``, ``mk``, ``vk``: codes, stuck masks (non-zero) and stuck values of the faulty elements;
@@ -234,7 +237,7 @@ def _best_inversion_masks(wk, mk, vk, slot, n_slots: int, bits: int) -> torch.Te
         sel = torch.nonzero(n_stuck == p).view(-1)
         if sel.numel() == 0:
             continue
-        err = _subset_errors(wk[sel], mk[sel], vk[sel], p, bits)
+        err = _subset_errors(wk[sel], mk[sel], vk[sel], p, bits, max_entries)
         if p == 1:
             row = (slot[sel] * bits + _bit_index(mk[sel])) * 2
             unary.index_add_(0, row, err[:, 0])
@@ -284,7 +287,7 @@ def _best_inversion_masks(wk, mk, vk, slot, n_slots: int, bits: int) -> torch.Te
             fs = torch.nonzero(f_size == k).view(-1)
             fs = fs[torch.argsort(f_comp[fs])]
             f_local = torch.searchsorted(comps, f_comp[fs])  # factor -> index into comps
-        step = max(1, _CHUNK_ENTRIES >> k)
+        step = max(1, max_entries >> k)
         for start in range(0, comps.numel(), step):
             chunk = comps[start:start + step]
             c_mask, c_slot = comp_mask[chunk], comp_slot[chunk]
