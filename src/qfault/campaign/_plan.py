@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .._errors import QFaultConfigError
-from ..injection import InjectSpec, select_modules
+from ..injection import InjectSpec, quantized_bits, select_modules, tensor_value
 from ._spec import CampaignSpec, point_faults, point_mitigation
 from ._stats import leveugle_sample_size
 
@@ -137,17 +137,15 @@ def planned_repetitions(spec: CampaignSpec, population: int | None = None) -> in
 
 
 def format_bits(fmt, module: nn.Module, site: str, tensor) -> int:
-    """Bits per value at a site: the spec's format, else the Brevitas tensor's own width."""
+    """Bits per value at a site: the spec's format, else the quantized tensor's own width (or
+    its quantizer's, through the layer adapters)."""
     if fmt is not None:
         return int(fmt.bits)
-    width = getattr(tensor, "bit_width", None)
-    if width is None:  # a float output of a Brevitas layer: its quantizer's width
-        proxy = getattr(module, "weight_quant" if site in ("weight", "bias") else "act_quant", None)
-        width = proxy.bit_width() if proxy is not None and hasattr(proxy, "bit_width") else None
+    width = quantized_bits(module, "weight" if site in ("weight", "bias") else "output", tensor)
     if width is None:
         raise QFaultConfigError("stop.population", "auto", "an explicit population for faults on "
                                 f"{type(module).__name__} without a format (its width is unknown)")
-    return int(round(float(width)))
+    return width
 
 
 @torch.no_grad()
@@ -160,10 +158,7 @@ def point_population(model: nn.Module, faults: Sequence[InjectSpec], sample: tor
         if site in ("weight", "bias"):
             for _, module in selected:
                 param = module._parameters[site]
-                tensor = None
-                if inject_spec.format is None and site == "weight" and hasattr(module, "quant_weight"):
-                    tensor = module.quant_weight()
-                total += param.numel() * format_bits(inject_spec.format, module, site, tensor)
+                total += param.numel() * format_bits(inject_spec.format, module, site, None)
             continue
         seen: list = []
         hooks = []
@@ -180,7 +175,7 @@ def point_population(model: nn.Module, faults: Sequence[InjectSpec], sample: tor
             for hook in hooks:
                 hook.remove()
         for module, tensor in seen:
-            value = getattr(tensor, "value", tensor)
+            value = tensor_value(tensor)
             if isinstance(value, torch.Tensor):
                 total += value.numel() * format_bits(inject_spec.format, module, site, tensor)
     return max(1, total)

@@ -53,6 +53,10 @@ class QuantAdapter(Protocol):
     def owns(self, module: nn.Module) -> bool:
         """Whether ``module`` belongs to this library (it may produce quantized tensors)."""
 
+    def bits(self, module: nn.Module, role: str, x: Any = None) -> int | None:
+        """Bits per value: of quantized tensor ``x``, else of ``module``'s ``role`` quantizer
+        (``"weight"`` or ``"output"``); None where neither says."""
+
 
 ADAPTERS: Registry = Registry("layer adapter")
 
@@ -99,6 +103,15 @@ class BrevitasAdapter:
     def owns(self, module: nn.Module) -> bool:
         return type(module).__module__.startswith("brevitas")
 
+    def bits(self, module: nn.Module, role: str, x: Any = None) -> int | None:
+        if x is None and role == "weight" and hasattr(module, "quant_weight"):
+            x = module.quant_weight()
+        width = getattr(x, "bit_width", None)
+        if width is None:  # a float output of a Brevitas layer: its quantizer's width
+            proxy = getattr(module, self._ROLES.get(role, ""), None)
+            width = proxy.bit_width() if proxy is not None and hasattr(proxy, "bit_width") else None
+        return None if width is None else int(round(float(width)))
+
 
 register_adapter("brevitas", BrevitasAdapter())
 
@@ -115,6 +128,22 @@ def quantizer_name(module: nn.Module, role: str) -> str | None:
         attr = ADAPTERS.get(name).quantizer(module, role)
         if attr is not None:
             return attr
+    return None
+
+
+def quantized_bits(module: nn.Module, role: str, x: Any = None) -> int | None:
+    """Bits per value of a quantized tensor ``x`` produced at ``module``, or of ``module``'s
+    ``role`` quantizer (``"weight"``, ``"output"``), under the first adapter that knows; None
+    where none does (a plain float module).
+
+    Example:
+        >>> quantized_bits(torch.nn.Linear(2, 2), "weight") is None
+        True
+    """
+    for name in ADAPTERS.list():
+        bits = ADAPTERS.get(name).bits(module, role, x)
+        if bits is not None:
+            return bits
     return None
 
 
