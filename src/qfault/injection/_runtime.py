@@ -1,8 +1,9 @@
 """The per-site runtime of an injection: draws, codecs, statistics, and the parameter groups.
 
 A :class:`SiteRuntime` holds the state of one (spec, module) pair; the site kinds of
-``_sites.py`` attach hooks that call into it. A :class:`ParamGroup` draws and faults all float
-parameters of one spec together, once per model forward.
+``_sites.py`` attach hooks that call into it. A :class:`ParamGroup` faults the float parameters
+of every spec sharing a format and an operation in one pass per model forward, each spec keeping
+its own draws (:class:`_DrawUnit`).
 """
 
 from __future__ import annotations
@@ -354,8 +355,8 @@ def expand_over_batch(draw: FaultDraw, batch: int, per_image: int) -> FaultDraw:
 class _DrawUnit:
     """One stream of draws in a parameter pass: the sites of one spec drawn jointly (one binomial
     count and one set of distinct positions over their concatenation, for Bernoulli-type faults
-    the distribution of independent draws per tensor), or one site drawn on its own. The draws,
-    and so the faults, are those each spec would get alone."""
+    the distribution of independent draws per tensor), or one site drawn on its own. A spec's
+    draws, and so its faults, do not depend on the other specs that share the pass."""
 
     #: once this many forwards ran in a row, the draws of the next PREFETCH forwards are made
     #: together: the same draws, computed back to back while the sampling code is in the caches
