@@ -173,7 +173,7 @@ def test_codec_declares_what_it_supports(name):
 @pytest.mark.parametrize("name", CODECS.list())
 @pytest.mark.parametrize("fmt", [IntFormat(8), IntFormat(8, signed=False), IntFormat(4, rounding="half_up"),
                                  IntFormat(12), IntFormat(16), IntFormat(2, range="narrow")])
-@pytest.mark.parametrize("size", [1, 1000, 70_001])
+@pytest.mark.parametrize("size", [1, 1000, 5000, 70_001])
 def test_codec_square_norm_is_exact(name, fmt, size):
     """``sum(code**2)`` of a whole tensor (the statistics' clean norm) equals the exact integer sum."""
     codec = CODECS.get(name)

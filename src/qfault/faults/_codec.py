@@ -18,6 +18,7 @@ back to ``torch`` for tensors the others do not serve (autograd, another device,
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from typing import Any, Protocol
@@ -133,9 +134,12 @@ class NumpyCodec:
             np.rint(q, out=q)
         if zero:
             q += np.float32(zero)
-        np.minimum(np.maximum(q, np.float32(fmt.code_min), out=q), np.float32(fmt.code_max), out=q)
-        # exact: squares below 2**24 are exact in float32, and their float64 sum below 2**53
-        total = float(np.add.reduce(np.square(q, out=q), dtype=np.float64))
+        np.clip(q, np.float32(fmt.code_min), np.float32(fmt.code_max), out=q)  # one pass over the tensor
+        np.square(q, out=q)  # exact in float32: squares below 2**24
+        # blocks of float32 sums below 2**24 (exact), then the block sums in float64
+        full = q.size // block * block
+        total = float(q[:full].reshape(-1, block).sum(axis=1).sum(dtype=np.float64)) if full else 0.0
+        total += float(q[full:].sum(dtype=np.float64))
         if not math.isfinite(total):  # NaN inputs: they encode as 0.0 does (rare: recompute)
             return TORCH.square_norm(fmt, torch.from_numpy(x), scale, zero, axis)
         return total
@@ -179,6 +183,7 @@ for _codec in (TORCH, NUMPY, SCALAR):
     CODECS.register(_codec.name, _codec)
 
 
+@functools.lru_cache(maxsize=64)
 def _exact_block(fmt: NumberFormat) -> int | None:
     """How many squared codes of ``fmt`` a float32 sum holds exactly (integers below 2**24), or
     None where a squared code is not exact in float32 (codes beyond 2**12)."""
