@@ -58,6 +58,10 @@ class Registry(Generic[T]):
         """Sorted registered names matching a shell-style ``pattern``."""
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
 
+    def values(self) -> list[T]:
+        """Every registered entry, in registration order (no pattern matching: for hot paths)."""
+        return list(self._entries.values())
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and (
             name.lower() in self._entries or name.lower() in self._aliases

@@ -124,8 +124,8 @@ def quantizer_name(module: nn.Module, role: str) -> str | None:
         >>> quantizer_name(torch.nn.Linear(2, 2), "weight") is None
         True
     """
-    for name in ADAPTERS.list():
-        attr = ADAPTERS.get(name).quantizer(module, role)
+    for adapter in ADAPTERS.values():
+        attr = adapter.quantizer(module, role)
         if attr is not None:
             return attr
     return None
@@ -140,8 +140,8 @@ def quantized_bits(module: nn.Module, role: str, x: Any = None) -> int | None:
         >>> quantized_bits(torch.nn.Linear(2, 2), "weight") is None
         True
     """
-    for name in ADAPTERS.list():
-        bits = ADAPTERS.get(name).bits(module, role, x)
+    for adapter in ADAPTERS.values():
+        bits = adapter.bits(module, role, x)
         if bits is not None:
             return bits
     return None
@@ -151,8 +151,7 @@ def adapter_of(x: Any) -> QuantAdapter | None:
     """The adapter whose quantized tensor ``x`` is, or None (plain tensors and other values)."""
     if isinstance(x, torch.Tensor):
         return None
-    for name in ADAPTERS.list():
-        adapter = ADAPTERS.get(name)
+    for adapter in ADAPTERS.values():
         if adapter.is_quantized(x):
             return adapter
     return None
@@ -178,14 +177,14 @@ def with_value(x: Any, value: torch.Tensor) -> Any:
 
 def owned_by_adapter(module: nn.Module) -> bool:
     """Whether a registered adapter's library defines ``module`` (it may pass quantized tensors)."""
-    return any(ADAPTERS.get(name).owns(module) for name in ADAPTERS.list())
+    return any(adapter.owns(module) for adapter in ADAPTERS.values())
 
 
 def default_activation_types() -> tuple[str, ...]:
     """Module class names every registered adapter selects for activation sites by default."""
     out: list[str] = []
-    for name in ADAPTERS.list():
-        out.extend(t for t in ADAPTERS.get(name).activation_types if t not in out)
+    for adapter in ADAPTERS.values():
+        out.extend(t for t in adapter.activation_types if t not in out)
     return tuple(out)
 
 
