@@ -115,7 +115,7 @@ class InjectionHandle(RemovableHandle):
     def __repr__(self) -> str:
         return f"InjectionHandle(sites={len(self.sites)}, enabled={self.enabled}, seeds={self.seeds})"
 
-    # -- internals ---------------------------------------------------------------------------
+    # -- stacked trials (campaigns) -----------------------------------------------------------
     def stack_trials(self, seeds: Sequence[Sequence[int]]) -> None:
         """Evaluate several trials in one forward: the batch holds ``len(seeds)`` equal blocks,
         block ``k`` faulted exactly as a handle whose spec seeds are ``seeds[k]`` faults that block
@@ -134,6 +134,7 @@ class InjectionHandle(RemovableHandle):
             site.counter = 0
             site.permanent_draws.clear()
 
+    # -- internals ---------------------------------------------------------------------------
     def _notify(self, site: SiteRuntime, draw: FaultDraw, old, new) -> None:
         for fn in self._listeners:
             fn(site.stats.name, draw, old, new)
