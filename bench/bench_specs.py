@@ -34,7 +34,7 @@ import qfault  # noqa: E402
 from _common import (  # noqa: E402
     fmt_time, loadavg, machine_line, median, paired_ratio, parse_args, print_table, time_interleaved, verdict,
 )
-from bench_statistics import PlainWeightFaults, budget, grad_context  # noqa: E402
+from bench_statistics import PlainWeightFaults, budget, differs_from, grad_context  # noqa: E402
 from models import count_params, make_model, weight_layers  # noqa: E402
 from qfault.formats import calibrate, get_format  # noqa: E402
 
@@ -84,8 +84,7 @@ def check(kind: str, base: nn.Module, x: torch.Tensor, mode: str, n_fwd: int = 5
 
     with qfault.inject(model, specs_for(kind, base)) as handle, grad_context(mode):
         handle.add_listener(listener)
-        clean = base(x)
-        differs = sum(int(not torch.equal(model(x), clean)) for _ in range(n_fwd))
+        differs = differs_from(lambda: model(x), base(x), n_fwd)
     restored = all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
     n_weights = sum(w.numel() for w in weights.values())
     intended = "per tensor" if per_tensor else "per channel"
@@ -101,8 +100,7 @@ def check_plain(per_tensor: bool, base: nn.Module, x: torch.Tensor, mode: str, n
     before = [p.detach().clone() for p in model.parameters()]
     injector = PlainWeightFaults(model, BER, "int8", per_tensor=per_tensor)
     with grad_context(mode):
-        clean = base(x)
-        differs = sum(int(not torch.equal(model(x), clean)) for _ in range(n_fwd))
+        differs = differs_from(lambda: model(x), base(x), n_fwd)
     injector.remove()
     restored = all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
     return (f"  check plain {'pt' if per_tensor else 'pc'} b{x.shape[0]}: {injector.flips / n_fwd:.1f} bit flips/"

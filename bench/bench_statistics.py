@@ -322,7 +322,8 @@ OTHERS = {"pytorchfi": pytorchfi_step, "mrfi": mrfi_step}
 # checks and timing
 
 
-def _differs(fn, clean: torch.Tensor, n: int) -> int:
+def differs_from(fn, clean: torch.Tensor, n: int) -> int:
+    """In how many of ``n`` calls ``fn()`` differs from ``clean``."""
     return sum(int(not torch.equal(fn(), clean)) for _ in range(n))
 
 
@@ -335,7 +336,7 @@ def check_qfault(workload: str, stats: bool, base: nn.Module, x: torch.Tensor, m
     with qfault.inject(model, qfault_spec(workload, stats)) as handle, grad_context(mode):
         handle.add_listener(lambda name, draw, old, new: flips.append(
             len(draw.bit_sites) if draw.bit_sites is not None else len(draw)))
-        differs = _differs(lambda: model(x), base(x), n_fwd)
+        differs = differs_from(lambda: model(x), base(x), n_fwd)
         summary = handle.statistics().to_dict()["summary"]
     restored = all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
     return (f"  check qfault {'on ' if stats else 'off'} {workload} b{x.shape[0]}: {sum(flips) / n_fwd:.1f} "
@@ -349,7 +350,7 @@ def check_plain(workload: str, base: nn.Module, x: torch.Tensor, mode: str, n_fw
     before = [p.detach().clone() for p in model.parameters()]
     injector = plain_injector(workload, model)
     with grad_context(mode):
-        differs = _differs(lambda: model(x), base(x), n_fwd)
+        differs = differs_from(lambda: model(x), base(x), n_fwd)
     injector.remove()
     restored = all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
     return (f"  check plain      {workload} b{x.shape[0]}: {injector.flips / n_fwd:.1f} bit flips/forward; "
@@ -409,7 +410,7 @@ def other_rows(workload: str, batch: int, base: nn.Module, x: torch.Tensor, devi
                 fn = make(workload, base, x)
                 n_fwd = 2 if args.quick else 3
                 checks.append(f"  check {name:10s} {workload} b{batch}: output differs in "
-                              f"{_differs(fn, clean_out, n_fwd)}/{n_fwd}")
+                              f"{differs_from(fn, clean_out, n_fwd)}/{n_fwd}")
                 fns[name] = fn
             except Exception as exc:  # API drift across versions: report, do not fail the benchmark
                 rows.append([workload, str(batch), name, f"failed: {type(exc).__name__}: {exc}", "", "", "", "", ""])

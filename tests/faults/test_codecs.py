@@ -19,7 +19,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qfault.faults import CODECS
+from qfault.faults import CODECS, fast_codec_for
 from qfault.formats import FixedPoint, FloatFormat, IntFormat
 
 F32_MAX = float(np.finfo(np.float32).max)
@@ -187,3 +187,12 @@ def test_codec_square_norm_is_exact(name, fmt, size):
     args = codec.wrap(x, torch.zeros(size, dtype=torch.int64), scale, zero)
     assert codec.square_norm(fmt, np.asarray(args[0], dtype=np.float32) if name != "torch" else x,
                              args[2], args[3]) == expected
+
+
+def test_sites_pick_the_numpy_codec_only_where_it_serves_the_fault():
+    assert fast_codec_for(IntFormat(8), "xor") is CODECS.get("numpy")
+    assert fast_codec_for(None, "xor") is CODECS.get("numpy")  # a quantized tensor's own int format
+    assert fast_codec_for(FloatFormat("float16"), "xor") is CODECS.get("numpy")
+    assert fast_codec_for(FloatFormat("bfloat16"), "xor") is None
+    assert fast_codec_for(FixedPoint(8, 3), "xor") is None
+    assert fast_codec_for(IntFormat(8), "stuck") is None and fast_codec_for(IntFormat(8), "random") is None

@@ -2,7 +2,7 @@
 
 from ._apply import FaultRecord, apply_draw, corrupt
 from ._codec import (
-    CODECS, NUMPY, RANDOM, SCALAR, STUCK, TORCH, XOR, Codec, apply_to_codes, codec_for, fault_values, scalar_param,
+    CODECS, NUMPY, RANDOM, SCALAR, STUCK, TORCH, XOR, Codec, apply_to_codes, fast_codec_for, fault_values, scalar_param,
     to_float32, xor_scalars, xor_values_numpy,
 )
 from ._draw import (
@@ -23,6 +23,6 @@ __all__ = [
     "corrupt", "draw_faults", "draw_per_image", "apply_draw", "apply_to_codes", "fault_values", "FaultDraw",
     "ArrayDraw", "ScalarDraw", "FaultRecord", "resolve_bits", "group_bit_sites", "hw_periodic_mask",
     "hw_periodic_pattern", "register_sampler", "SAMPLERS", "PER_IMAGE_SAMPLERS",
-    "XOR", "STUCK", "RANDOM", "Codec", "CODECS", "TORCH", "NUMPY", "SCALAR", "codec_for", "scalar_param", "to_float32", "xor_scalars", "xor_values_numpy",
+    "XOR", "STUCK", "RANDOM", "Codec", "CODECS", "TORCH", "NUMPY", "SCALAR", "fast_codec_for", "scalar_param", "to_float32", "xor_scalars", "xor_values_numpy",
     "binomial", "distinct", "bernoulli_positions", "derive_seed", "make_generator", "uniform_index", "ceil_count",
 ]

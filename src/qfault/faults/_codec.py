@@ -12,7 +12,7 @@ registered codec and format checks it):
 - ``scalar``: the same on a handful of Python floats, each float32 step computed in double and
   rounded once to float32, which gives the float32 result.
 
-The runtime picks a codec once per site from the format and fault (:func:`codec_for`) and falls
+The runtime picks a codec once per site from the format and fault (:func:`fast_codec_for`) and falls
 back to ``torch`` for tensors the others do not serve (autograd, another device, non-finite values).
 """
 
@@ -88,8 +88,7 @@ class TorchCodec:
         if fmt.encodes_non_finite:  # value units: the bits are the value
             return float(torch.linalg.vector_norm(x, dtype=torch.float64)) ** 2
         block = _exact_block(fmt)
-        if block is None or not hasattr(fmt, "float_codes") or x.dtype not in (torch.float32, torch.float16,
-                                                                                torch.bfloat16):
+        if block is None or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return float(fmt.encode(x, scale, zero, axis).to(torch.float64).square().sum())  # exact below 2**53
         squares = fmt.float_codes(x.float(), scale, zero, axis).square_().reshape(-1)
         full = squares.numel() // block * block
@@ -194,12 +193,13 @@ def _exact_block(fmt: NumberFormat) -> int | None:
     return block if block >= 2 else None
 
 
-def codec_for(fmt: NumberFormat | None, op: str | None) -> Codec:
-    """The codec a site uses for ``op`` faults in ``fmt`` on CPU float32 values outside autograd:
-    ``numpy`` where it supports them, else ``torch`` (chosen once, when the site is built)."""
-    if fmt is not None and op is not None and NUMPY.supports(fmt, op):
+def fast_codec_for(fmt: NumberFormat | None, op: str) -> Codec | None:
+    """The codec a site uses for ``op`` faults in ``fmt`` on CPU float32 values outside autograd
+    (``fmt`` None: a quantized tensor's own int format): ``numpy`` where it serves them, else
+    None (the ``torch`` codec). Chosen once, when the site is built."""
+    if op == XOR and (fmt is None or NUMPY.supports(fmt, op)):
         return NUMPY
-    return TORCH
+    return None
 
 
 def scalar_param(param) -> float | int | None:

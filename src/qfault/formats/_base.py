@@ -81,6 +81,11 @@ class NumberFormat:
     def decode(self, codes: torch.Tensor, scale=None, zero_point=None, axis=None) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover
 
+    def float_codes(self, x: torch.Tensor, scale=None, zero_point=None, axis=None) -> torch.Tensor:
+        """:meth:`encode`'s codes as float32 (exact for codes below 2**24); formats override it
+        to skip the integer tensor."""
+        return self.encode(x, scale, zero_point, axis).to(torch.float32)
+
     def bit_regions(self) -> dict[str, tuple[int, ...]]:  # pragma: no cover - overridden
         """Named bit positions (0 = LSB), disjoint and together covering ``0 .. bits - 1``."""
         raise NotImplementedError

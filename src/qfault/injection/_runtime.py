@@ -18,7 +18,7 @@ from torch import nn
 
 from .._errors import QFaultConfigError
 from ..faults import (
-    NUMPY, SCALAR, TORCH, XOR, FaultDraw, ScalarDraw, derive_seed, draw_faults, draw_per_image, fault_values,
+    SCALAR, TORCH, XOR, FaultDraw, ScalarDraw, derive_seed, draw_faults, draw_per_image, fast_codec_for, fault_values,
     make_generator, scalar_param, to_float32,
 )
 from ..formats import NumberFormat, calibrate, gather_param
@@ -97,8 +97,7 @@ class SiteRuntime:
         self._generator: torch.Generator | None = None  # reseeded for every draw (one per site)
         self._norm: tuple | None = None  # (tensor key, ||clean||^2) of the last recorded tensor
         #: the codec of CPU float32 values outside autograd, chosen once from the format and fault
-        fmt = spec.format
-        self.fast_codec = NUMPY if spec.fault.op == XOR and (fmt is None or NUMPY.supports(fmt, XOR)) else None
+        self.fast_codec = fast_codec_for(spec.format, spec.fault.op)
         self.permanent_draws: dict[tuple, FaultDraw] = {}
         self.weight_qparams: tuple | None = None
         self.block_numel = 0  # elements per trial block of the last stacked draw
@@ -195,7 +194,7 @@ class SiteRuntime:
                     clean_hit_sq: float, faulty_hit_sq: float) -> None:
         """Add one forward from the hit elements' sums (see :func:`hit_sums`)."""
         clean_sq = self._clean_square_norm(x, fmt, scale, zero_point, axis)
-        self.stats.record(numel=x.numel(), changed=changed, sq_err_sum=sq_err if changed else 0.0,
+        self.stats.record(numel=x.numel(), changed=changed, sq_err_sum=sq_err,
                           clean_sq=clean_sq, dot_delta=dot_delta, faulty_sq=clean_sq - clean_hit_sq + faulty_hit_sq)
 
     @torch.no_grad()
@@ -210,9 +209,7 @@ class SiteRuntime:
             if self._norm is not None and self._norm[0] == key:
                 return self._norm[1]
         x = x.detach()
-        if fmt.encodes_non_finite:
-            value = float(torch.linalg.vector_norm(x, dtype=torch.float64)) ** 2
-        elif (numbers := self._numpy_numbers(x, fmt, scale, zero_point, axis)) is not None:
+        if (numbers := self._numpy_numbers(x, fmt, scale, zero_point, axis)) is not None:
             value = self.fast_codec.square_norm(fmt, x.numpy(), *numbers)
         else:
             value = TORCH.square_norm(fmt, x, scale, zero_point, axis)
@@ -246,8 +243,8 @@ class SiteRuntime:
         """``(scale, zero point)`` as Python numbers where :meth:`_corrupt_fast` applies: the site's
         fast codec serves the format and the draw's operation, on a float32 CPU tensor with a
         per-tensor scale, outside autograd and stacked trials. None otherwise."""
-        if not (len(draw) <= NUMPY_DRAW and self.fast_codec is not None and self.fast_codec.supports(fmt, draw.op)
-                and not (x.requires_grad and torch.is_grad_enabled()) and self.handle.trial_seeds is None):
+        if len(draw) > NUMPY_DRAW or draw.op != XOR or (x.requires_grad and torch.is_grad_enabled()) \
+                or self.handle.trial_seeds is not None:
             return None
         return self._numpy_numbers(x, fmt, scale, zero_point, axis)
 
@@ -529,7 +526,6 @@ class ParamGroup:
             return {}
         fmt = self.format
         draw = self._draw(tables, active, params)
-        observe = bool(self.handle._listeners) or any(site.spec.track_statistics for site in self.sites)
         if self._fast_route(params, draw, fmt, grad_enabled):
             out = self._prepare_numpy(params, active, draw, tables)
             if out is not None:
@@ -540,8 +536,7 @@ class ParamGroup:
         per_param = torch.diff(bounds, prepend=bounds.new_zeros(1))
         owner = torch.repeat_interleave(torch.arange(len(params), device=index.device), per_param)
         local = index - tables["starts"][owner]
-        counts = per_param.tolist()
-        local_parts = local.split(counts)
+        local_parts = local.split(per_param.tolist())
         clean = torch.cat([param.detach().reshape(-1).index_select(0, part) for param, part in zip(params, local_parts)])
         scale = zero = None
         if fmt.needs_qparams:
@@ -549,28 +544,27 @@ class ParamGroup:
             scale = tables["scale"][channel]
             zero = None if tables["zero"] is None else tables["zero"][channel]
         old, new, faulty = fault_values(fmt, clean, draw, scale, zero)
-        ends = torch.tensor(counts).cumsum(0).tolist() if observe else [0] * len(counts)
-        parts = zip(self.sites, params, active, local_parts, clean.split(counts), faulty.split(counts),
-                    old.split(counts), new.split(counts), ends)
+        ranges = list(zip([0] + bounds[:-1].tolist(), bounds.tolist()))
+        return self._finish(params, active, draw, tables, ranges, local, old, new, clean, faulty)
+
+    def _finish(self, params: list[torch.Tensor], active: list[bool], draw: FaultDraw, tables: dict,
+                ranges: list[tuple[int, int]], local, old, new, clean, faulty, views: list | None = None) -> dict:
+        """The prepared entries of the active sites (``lo:hi`` of the joint arrays or tensors is
+        each site's part), after their statistics (one :func:`hit_sums` call for all sites) and
+        listeners."""
+        tracked = [site.spec.track_statistics for site in self.sites]
+        sums = hit_sums(self.format, old, new, clean, faulty, ranges) if any(tracked) else None
         out = {}
-        for site, param, is_active, part, c, f, o, n, end in parts:
+        for i, (site, param, is_active, (lo, hi)) in enumerate(zip(self.sites, params, active, ranges)):
             if not is_active:
                 continue
-            out[id(site)] = (part, c, f)
-            if observe:
-                self._report(site, param, draw, part, end - len(part), end, tables, o, n, c, f)
+            out[id(site)] = (local[lo:hi], clean[lo:hi], faulty[lo:hi]) + (() if views is None else (views[i],))
+            if tracked[i]:
+                site.record_sums(param, self.format, *site.float_qparams(param, self.format, is_weight=True), *sums[i])
+            if self.handle._listeners and hi > lo:  # listeners hear of faulted tensors only
+                site_draw = self._site_draw(draw, _tensor(local[lo:hi]), lo, hi, tables, site, param)
+                self.handle._notify(site, site_draw, _tensor(old[lo:hi]), _tensor(new[lo:hi]))
         return out
-
-    def _report(self, site: SiteRuntime, param: torch.Tensor, draw: FaultDraw, local: torch.Tensor, lo: int,
-                hi: int, tables: dict, old, new, clean, faulty) -> None:
-        """Statistics and listeners of one tensor's part ``lo:hi`` of the joint draw."""
-        fmt = self.format
-        if site.spec.track_statistics:
-            scale, zero, axis = site.float_qparams(param, fmt, is_weight=True)
-            site._record(param, fmt, scale, zero, axis, old, new, clean, faulty)
-        if self.handle._listeners and hi > lo:  # listeners hear of faulted tensors only
-            site_draw = self._site_draw(draw, local, lo, hi, draw.index, tables, site, param)
-            self.handle._notify(site, site_draw, _tensor(old), _tensor(new))
 
     def _fast_route(self, params: list[torch.Tensor], draw: FaultDraw, fmt: NumberFormat, grad_enabled: bool) -> bool:
         """Whether this forward's faults can be computed with the sites' fast codec and written
@@ -612,20 +606,7 @@ class ParamGroup:
             scale = arrays["scale"][channel]
             zero = None if arrays["zero"] is None else arrays["zero"][channel]
         old, new, faulty = self.sites[0].fast_codec.code(fmt, clean, XOR, mask, None, scale, zero)
-        tracked = [site.spec.track_statistics for site in self.sites]
-        sums = hit_sums(fmt, old, new, clean, faulty, ranges) if any(tracked) else None
-        out = {}
-        for i, (site, param, view, is_active, (lo, hi)) in enumerate(zip(self.sites, params, views, active, ranges)):
-            if not is_active:
-                continue
-            out[id(site)] = (local[lo:hi], clean[lo:hi], faulty[lo:hi], view)
-            if tracked[i]:
-                site.record_sums(param, fmt, *site.float_qparams(param, fmt, is_weight=True), *sums[i])
-            if self.handle._listeners and hi > lo:
-                site_draw = self._site_draw(draw, torch.from_numpy(local[lo:hi]), lo, hi, draw.index, tables, site,
-                                            param)
-                self.handle._notify(site, site_draw, torch.from_numpy(old[lo:hi]), torch.from_numpy(new[lo:hi]))
-        return out
+        return self._finish(params, active, draw, tables, ranges, local, old, new, clean, faulty, views)
 
     @staticmethod
     def _numpy_views(params: list[torch.Tensor], tables: dict) -> list[np.ndarray]:
@@ -637,8 +618,8 @@ class ParamGroup:
             tables["views"] = cached
         return cached[1]
 
-    def _site_draw(self, draw: FaultDraw, local: torch.Tensor, lo: int, hi: int, index: torch.Tensor,
-                   tables: dict, site: SiteRuntime, param: torch.Tensor) -> FaultDraw:
+    def _site_draw(self, draw: FaultDraw, local: torch.Tensor, lo: int, hi: int, tables: dict, site: SiteRuntime,
+                   param: torch.Tensor) -> FaultDraw:
         """The part of the joint draw that falls in one tensor, in its own flat indices."""
         offset = int(tables["starts"][self.sites.index(site)])
         sites = None
