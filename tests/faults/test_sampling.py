@@ -188,3 +188,55 @@ def test_ceil_count_reference():
         for percent in (0, 0.07, 0.1, 0.3, 1, 5, 10, 12.5, 16.1, 32.7, 33.3, 50, 64.9, 70, 99.9, 100):
             expected = min(total, math.ceil(Fraction(total) * Fraction(str(percent)) / 100))
             assert ceil_count(total, percent) == expected, (total, percent)
+
+
+# --------------------------------------------------------------------------------------------
+# nested Bernoulli positions (BitFlip(ber=..., nested=True))
+# --------------------------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from qfault.faults import nested_bernoulli_array  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 5000), seed=st.integers(0, 2**32),
+       bers=st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=2, max_size=5))
+def test_nested_positions_grow_with_the_ber(n, seed, bers):
+    previous = None
+    for ber in sorted(bers):
+        hit = nested_bernoulli_array(n, ber, make_generator("nested", seed))
+        assert hit.dtype == np.int64 and np.all(np.diff(hit) > 0)  # sorted and distinct
+        assert hit.size == 0 or (hit[0] >= 0 and hit[-1] < n)
+        if previous is not None:
+            assert np.isin(previous, hit).all(), f"faults at a lower BER missing at {ber}"
+        previous = hit
+    assert nested_bernoulli_array(n, 1.0, make_generator(seed)).size == n
+    assert nested_bernoulli_array(n, 0.0, make_generator(seed)).size == 0
+
+
+@pytest.mark.parametrize("n, p", [(10**6, 1e-4), (10**5, 0.01), (2000, 0.3), (500, 0.5), (300, 0.8)])
+def test_nested_counts_are_binomial(n, p):
+    gen = make_generator("nested-count", n, p)
+    draws = np.array([nested_bernoulli_array(n, p, gen).size for _ in range(2000)])
+    lo, hi = int(stats.binom.ppf(1e-6, n, p)), int(stats.binom.ppf(1 - 1e-6, n, p))
+    support = np.arange(lo, hi + 1)
+    observed = np.array([(draws == k).sum() for k in support])
+    assert observed.sum() >= draws.size - 2
+    assert chi2_pvalue(observed, stats.binom.pmf(support, n, p) * draws.size) > ALPHA
+
+
+@pytest.mark.parametrize("p", [0.05, 0.7])
+def test_nested_positions_are_independent_and_uniform(p):
+    """Each position is hit with probability p, and pairs of positions independently (p**2)."""
+    n, trials = 40, 6000
+    gen = make_generator("nested-uniform", p)
+    hits = np.zeros((trials, n), dtype=bool)
+    for t in range(trials):
+        hits[t, nested_bernoulli_array(n, p, gen)] = True
+    per_position = hits.sum(0)
+    assert chi2_pvalue(np.append(per_position, trials * n - per_position.sum()),
+                       np.append(np.full(n, trials * p), trials * n * (1 - p))) > ALPHA
+    both = (hits[:, 0::2] & hits[:, 1::2]).sum()
+    pairs = trials * (n // 2)
+    assert abs(both - pairs * p * p) < 5 * math.sqrt(pairs * p * p * (1 - p * p))

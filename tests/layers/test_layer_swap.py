@@ -98,8 +98,10 @@ def test_handle_is_a_context_manager_and_accepts_names_and_dicts(name):
     model = _Toy()
     before = _slots(model)
     config = _config(name)
+    prepare = LAYERS.get(name).prepare
     with swap_modules(model, to_dict(config)) as handle:
-        assert handle.config == config
+        # the handle keeps the config with its model-dependent defaults filled in
+        assert handle.config == (prepare(_Toy(), config) if prepare is not None else config)
         assert _slots(model) != before
     assert handle.removed and _slots(model) == before
     assert layer_config(name) == LAYERS.get(name).config_type()

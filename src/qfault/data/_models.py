@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import inspect
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._errors import QFaultConfigError
 from .._registry import Registry
 
 MODELS: Registry = Registry("model")
@@ -103,6 +108,36 @@ def digits_vit(weight_bits: int = 8, act_bits: int = 8, embed_dim: int = 48, dep
     return model
 
 
+#: the bit-width search file shipped for ``digits_lsq`` (seed 004's JSON layout)
+DIGITS_LSQ_BIT_WIDTHS = Path(__file__).resolve().parent.parent / "configs" / "digits_lsq_bit_widths.json"
+
+
+@register_model("digits_lsq", epochs=20, lr=0.005, threads=1)
+def digits_lsq(bit_widths: str | os.PathLike | None = None, config_index: int = 0, per_channel: bool = False,
+               seed: int = 0) -> nn.Module:
+    """A mixed-precision LSQ CNN for 1x8x8 digits (seed 004's layers): four 3x3 convs with
+    BatchNorm and ReLU and a linear classifier, converted by ``swap_modules(model,
+    LsqConfig(...))``. The first conv and the classifier have ``fixed_bits = (8, 8)``; the three
+    inner convs take their ``(weight, activation)`` bits from configuration ``config_index`` of
+    the search JSON ``bit_widths`` (default: the shipped ``digits_lsq_bit_widths.json``,
+    weights 6/4/2 bits, activations 6/4/4). :func:`load_demo_model` trains it with QAT.
+    """
+    from ..layers import LsqConfig, apply_bit_width_config, swap_modules
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1, stride=2), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Flatten(), nn.Linear(64 * 2 * 2, 10),
+        )
+    swap_modules(model, LsqConfig(weight_bits=None, act_bits=None, per_channel=per_channel))
+    apply_bit_width_config(model, DIGITS_LSQ_BIT_WIDTHS if bit_widths is None else bit_widths, config_index)
+    return model
+
+
 def build_model(name: str, **kwargs) -> nn.Module:
     """Build a registered demo model by name; an unknown name lists the valid ones."""
     return MODELS.get(name)(**kwargs)
@@ -155,6 +190,42 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return 100.0 * correct / len(y)
 
 
+def _check_model_kwargs(name: str, model_kwargs: dict | None) -> dict:
+    """``model_kwargs`` as a dict whose keys the builder of ``name`` takes (else one clear error)."""
+    if model_kwargs is None:
+        return {}
+    if not isinstance(model_kwargs, dict):
+        raise QFaultConfigError("model_kwargs", model_kwargs, "a mapping of the model builder's arguments")
+    builder = MODELS.get(name)
+    allowed = [p for p in inspect.signature(builder).parameters]
+    unknown = sorted(set(model_kwargs) - set(allowed))
+    if unknown:
+        raise QFaultConfigError(f"model_kwargs.{unknown[0]}", model_kwargs[unknown[0]],
+                                f"arguments of the {name} builder: " + ", ".join(allowed))
+    return dict(model_kwargs)
+
+
+def _training_specs(train_faults: list | None) -> list:
+    """The fault-aware training specs, each active in training only."""
+    if not train_faults:
+        return []
+    from ..injection import InjectSpec
+
+    if not isinstance(train_faults, (list, tuple)):
+        raise QFaultConfigError("train_faults", train_faults, "a list of InjectSpec dicts")
+    specs = []
+    for i, item in enumerate(train_faults):
+        try:
+            spec = item if isinstance(item, InjectSpec) else InjectSpec.from_dict(item)
+        except QFaultConfigError as exc:
+            raise QFaultConfigError(f"train_faults[{i}].{exc.field}", exc.value, exc.allowed, exc.hint) from None
+        except (TypeError, AttributeError):
+            raise QFaultConfigError(f"train_faults[{i}]", item, "an InjectSpec dict (fault, site, ...)") from None
+        # seeded like the training itself (seed 0), so a fault-aware run is reproducible
+        specs.append(dataclasses.replace(spec, active_in="train", seed=0 if spec.seed is None else spec.seed))
+    return specs
+
+
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
     """Where trained demo models are cached: ``explicit``, ``$QFAULT_CACHE`` or ``~/.cache/qfault``."""
     return Path(explicit or os.environ.get("QFAULT_CACHE") or Path.home() / ".cache" / "qfault")
@@ -186,7 +257,8 @@ def _freeze(model: nn.Module) -> nn.Module:
 
 def load_demo_model(name: str = "digits_cnn", *, epochs: int | None = None, cache: str | os.PathLike | None = None,
                     retrain: bool = False, log: Callable[[str], None] = print,
-                    progress: Callable[[], None] | None = None) -> tuple[nn.Module, bool]:
+                    progress: Callable[[], None] | None = None, model_kwargs: dict | None = None,
+                    train_faults: list | None = None) -> tuple[nn.Module, bool]:
     """A trained demo model (eval mode), from the cache when a valid checkpoint is there.
 
     Trains on the digits training split otherwise (``digits_cnn``: about 10 s on 2 cores;
@@ -196,6 +268,17 @@ def load_demo_model(name: str = "digits_cnn", *, epochs: int | None = None, cach
     trained in float (:func:`~qfault.layers.float_mode`), its float weights are cached, and
     its codes are frozen after training or loading.
 
+    Args:
+        model_kwargs: arguments of the model's builder (e.g. ``{"bit_widths": "search.json"}``
+            for ``digits_lsq``).
+        train_faults: fault-aware training: :class:`~qfault.injection.InjectSpec` objects or
+            dicts, injected while the model trains (``active_in="train"``: evaluation is clean;
+            seed 0 where a spec has none), e.g. ``[{"fault": {"type": "bit_flip", "ber": 1e-3},
+            "site": "weight"}]``: transient faults are redrawn on every training step.
+
+    Models built with other ``model_kwargs`` or trained with other ``train_faults`` are cached
+    under their own file names.
+
     Returns:
         ``(model, trained_now)``.
     """
@@ -203,8 +286,15 @@ def load_demo_model(name: str = "digits_cnn", *, epochs: int | None = None, cach
 
     recipe = training_recipe(name)
     epochs = recipe.epochs if epochs is None else epochs
-    path = cache_dir(cache) / f"{name}_w8a8_e{epochs}.pt"
-    model = build_model(name)
+    model_kwargs = _check_model_kwargs(name, model_kwargs)
+    specs = _training_specs(train_faults)
+    variant = ""
+    if model_kwargs or specs:  # a variant: its own cache file, named by what makes it one
+        key = json.dumps({"model": model_kwargs, "train_faults": [spec.to_dict() for spec in specs]},
+                         sort_keys=True, default=str)
+        variant = "_" + hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
+    path = cache_dir(cache) / f"{name}_w8a8_e{epochs}{variant}.pt"
+    model = build_model(name, **model_kwargs)
     if path.exists() and not retrain:
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -213,7 +303,7 @@ def load_demo_model(name: str = "digits_cnn", *, epochs: int | None = None, cach
             return _freeze(model), False
         except Exception as exc:  # a corrupt cache is rebuilt, never trusted
             log(f"Cached model {path} is unreadable ({type(exc).__name__}: {exc}); retraining")
-            model = build_model(name)
+            model = build_model(name, **model_kwargs)
     x_train, y_train, _, _ = load_digits_split()
     start = time.monotonic()
     float_ctx = nullcontext()
@@ -221,10 +311,15 @@ def load_demo_model(name: str = "digits_cnn", *, epochs: int | None = None, cach
         from ..layers import float_mode
 
         float_ctx = float_mode(model)  # rounding has no gradient: train the float weights
-    with _threads(recipe.threads), float_ctx:
+    fault_ctx = nullcontext()
+    if specs:
+        from ..injection import inject
+
+        fault_ctx = inject(model, specs)  # removed when training ends
+    with _threads(recipe.threads), float_ctx, fault_ctx:
         train_classifier(model, x_train, y_train, epochs=epochs, lr=recipe.lr, seed=0, time_limit_s=60.0,
                          progress=progress)
-    log(f"Trained {name} in {time.monotonic() - start:.1f} s")
+    log(f"Trained {name} in {time.monotonic() - start:.1f} s" + (" with faults (fault-aware)" if specs else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save({"model_state_dict": model.state_dict(), "model": name}, tmp)  # float weights, no codes

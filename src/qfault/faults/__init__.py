@@ -14,7 +14,8 @@ from ._models import (
     get_fault, list_faults, register_fault,
 )
 from ._sampling import (
-    bernoulli_positions, binomial, ceil_count, derive_seed, distinct, make_generator, uniform_index,
+    bernoulli_positions, binomial, ceil_count, derive_seed, distinct, make_generator, nested_bernoulli_array,
+    uniform_index,
 )
 
 __all__ = [
@@ -24,5 +25,5 @@ __all__ = [
     "ArrayDraw", "ScalarDraw", "FaultRecord", "resolve_bits", "group_bit_sites", "hw_periodic_mask",
     "hw_periodic_pattern", "register_sampler", "SAMPLERS", "PER_IMAGE_SAMPLERS",
     "XOR", "STUCK", "RANDOM", "Codec", "CODECS", "TORCH", "NUMPY", "SCALAR", "fast_codec_for", "scalar_param", "to_float32", "xor_scalars", "xor_values_numpy",
-    "binomial", "distinct", "bernoulli_positions", "derive_seed", "make_generator", "uniform_index", "ceil_count",
+    "binomial", "distinct", "bernoulli_positions", "nested_bernoulli_array", "derive_seed", "make_generator", "uniform_index", "ceil_count",
 ]

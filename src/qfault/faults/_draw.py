@@ -21,7 +21,7 @@ from .._errors import QFaultConfigError
 from ..formats import NumberFormat
 from ._codec import RANDOM, STUCK, XOR
 from ._models import BitFlip, FaultModel, FullFlip, HwPeriodic, LSBFlip, MSBFlip, RandomValue, StuckAt
-from ._sampling import bernoulli_array, bernoulli_positions, ceil_count, distinct_array
+from ._sampling import bernoulli_array, bernoulli_positions, ceil_count, distinct_array, nested_bernoulli_array
 
 
 @dataclass
@@ -188,7 +188,8 @@ def _bit_level(numel: int, fmt: NumberFormat, fault, gen: torch.Generator, *, p:
     per_element = allowed.numel()
     population = numel * per_element
     if p is not None:
-        flat = bernoulli_array(population, p, gen)
+        nested = getattr(fault, "nested", False)
+        flat = (nested_bernoulli_array if nested else bernoulli_array)(population, p, gen)
     else:
         if count > population:
             raise QFaultConfigError("count", count, f"at most {population} (bits available in the tensor)")

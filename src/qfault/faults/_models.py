@@ -101,12 +101,17 @@ class BitFlip(FaultModel):
         bits: restrict to these bit positions (0 = LSB, negative from the MSB, ``"msb"``,
             ``"lsb"``, or bit region names of the format such as ``"sign"``, ``"integer"``,
             ``"fraction"``, ``"exponent"``, ``"mantissa"``); ``None`` means every bit.
+        nested: with ``ber``, draw so that for one seed the bits flipped at a lower BER are a
+            subset of those flipped at a higher one (same per-bit Bernoulli distribution, a
+            different stream; see docs/faults.md). Sweeps over BER then differ only by the
+            added faults.
     """
 
     ber: float | None = None
     count: int | None = None
     sites: tuple[tuple[int, int], ...] | None = None
     bits: tuple[int | str, ...] | None = None
+    nested: bool = False
 
     def __post_init__(self) -> None:
         given = [n for n in ("ber", "count", "sites") if getattr(self, n) is not None]
@@ -117,6 +122,10 @@ class BitFlip(FaultModel):
             )
         if self.ber is not None:
             check_range("ber", self.ber, 0.0, 1.0)
+        if not isinstance(self.nested, bool):
+            raise QFaultConfigError("nested", self.nested, "True or False")
+        if self.nested and self.ber is None:
+            raise QFaultConfigError("nested", self.nested, "False unless ber is given (nesting is across BER values)")
         if self.count is not None:
             check_range("count", self.count, 0, 2**62, integer=True)
         if self.sites is not None and self.bits is not None:
@@ -132,6 +141,12 @@ class BitFlip(FaultModel):
     @property
     def groupable(self) -> bool:
         return self.ber is not None
+
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if not self.nested:  # a newer field: absent at its default, so older dicts stay as they were
+            del out["nested"]
+        return out
 
     def expected_faults(self, numel: int, bits: int) -> float:
         if self.ber is not None:
@@ -272,7 +287,7 @@ def get_fault(spec: "str | dict | FaultModel", **kwargs) -> FaultModel:
 
     Example:
         >>> get_fault("bit_flip", ber=1e-3)
-        BitFlip(ber=0.001, count=None, sites=None, bits=None)
+        BitFlip(ber=0.001, count=None, sites=None, bits=None, nested=False)
     """
     if isinstance(spec, FaultModel):
         return spec

@@ -112,6 +112,53 @@ def bernoulli_array(n: int, p: float, generator: torch.Generator) -> np.ndarray:
     return distinct_array(n, binomial(n, p, generator), generator)
 
 
+#: arrivals drawn in blocks of this many, doubling: the blocks, and so the arrivals, do not depend
+#: on the BER, only how many of them are read
+_NESTED_FIRST_BLOCK = 64
+#: the Poisson phase of a nested draw covers BERs up to this; above it a dense top-up adds bits
+_NESTED_SPARSE_MAX = 0.5
+
+
+def nested_bernoulli_array(n: int, p: float, generator: torch.Generator) -> np.ndarray:
+    """Sorted distinct positions in ``range(n)`` where independent Bernoulli(p) trials succeed,
+    *nested in p*: for one generator state the positions at ``p1 <= p2`` are a subset of those
+    at ``p2``. Costs O(#successes) for ``p <= 1/2`` (O(n) above, where the successes are Θ(n)).
+
+    Every position gets a Poisson process of arrivals of rate 1 in time (all ``n`` together:
+    exponential gaps of rate ``n``, each arrival at a uniform position, with replacement). A
+    position succeeds at ``p`` when its first arrival comes before ``t(p) = -log(1 - p)``: the
+    arrivals before ``t`` are independent per position and happen with probability
+    ``1 - exp(-t) = p``, and a larger ``p`` only reads further along the same arrivals. Above
+    ``p = 1/2`` every position not yet hit at 1/2 joins when its own uniform (one dense stream
+    drawn after the arrivals) is below ``(p - 1/2) / (1/2)``.
+    """
+    if n <= 0 or p <= 0.0:
+        return np.empty(0, dtype=np.int64)
+    # one seed word for the arrivals and one for the dense top-up, consumed for every p
+    words = torch.randint(1 << 62, (2,), generator=generator, dtype=torch.int64).tolist()
+    arrivals = torch.Generator().manual_seed(words[0])
+    horizon = n * -math.log1p(-min(p, _NESTED_SPARSE_MAX))  # in units of one gap of rate 1
+    found, clock, size = [], 0.0, _NESTED_FIRST_BLOCK
+    while True:
+        gaps = -torch.rand(size, generator=arrivals, dtype=torch.float64).neg_().log1p_()
+        positions = torch.randint(n, (size,), generator=arrivals, dtype=torch.int64).numpy()
+        times = np.cumsum(gaps.numpy())
+        times += clock
+        before = int(np.searchsorted(times, horizon, side="left"))
+        found.append(positions[:before])
+        if before < size:
+            break
+        clock, size = float(times[-1]), size * 2
+    hit = _sorted_unique(np.concatenate(found)) if len(found) > 1 else _sorted_unique(found[0])
+    if p > _NESTED_SPARSE_MAX:
+        share = (p - _NESTED_SPARSE_MAX) / (1.0 - _NESTED_SPARSE_MAX)
+        uniforms = torch.rand(n, generator=torch.Generator().manual_seed(words[1]), dtype=torch.float64)
+        joins = (uniforms < share).numpy() if p < 1.0 else np.ones(n, dtype=bool)
+        joins[hit] = True
+        hit = np.flatnonzero(joins)
+    return hit
+
+
 def ceil_count(total: int, percent: float) -> int:
     """``ceil(total * percent / 100)`` without float noise for exact products."""
     return min(total, math.ceil(round(total * percent / 100.0, 9)))

@@ -7,7 +7,10 @@ bit width, signedness, scale and zero point. The injection runtime faults the in
 new quantization library (LSQ layers, simulated layers) plugs in by registering one adapter.
 
 Brevitas is the first adapter (``QuantTensor`` with ``value``, ``scale``, ``zero_point``,
-``bit_width``, ``signed``; proxies ``weight_quant`` / ``act_quant``).
+``bit_width``, ``signed``; proxies ``weight_quant`` / ``act_quant``). The second, ``lsq``, serves
+layers whose quantizers return plain float tensors (LSQ layers of seed 004, and any user layer
+with the same attributes): it reads the bit width from the quantizer call and the step size from
+the quantizer's ``get_scale(bits)``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,13 @@ class QuantAdapter(Protocol):
         """Bits per value: of quantized tensor ``x``, else of ``module``'s ``role`` quantizer
         (``"weight"`` or ``"output"``); None where neither says."""
 
+    def output_qparams(self, quantizer: nn.Module, args: tuple, kwargs: dict,
+                       out: Any) -> tuple[IntFormat, Any, Any, int | None] | None:
+        """``(format, scale, zero point, axis)`` of a plain tensor ``out`` that ``quantizer``
+        returned for a call with ``args``/``kwargs`` (``axis``: the dim of a per-channel scale,
+        else None); None where the call quantized nothing (the output is passed on unfaulted).
+        Quantized tensors (:meth:`is_quantized`) carry their own parameters instead."""
+
 
 ADAPTERS: Registry = Registry("layer adapter")
 
@@ -103,6 +113,9 @@ class BrevitasAdapter:
     def owns(self, module: nn.Module) -> bool:
         return type(module).__module__.startswith("brevitas")
 
+    def output_qparams(self, quantizer, args, kwargs, out):
+        return None  # a float output of a Brevitas quantizer (quantization disabled): not faulted
+
     def bits(self, module: nn.Module, role: str, x: Any = None) -> int | None:
         if x is None and role == "weight" and hasattr(module, "quant_weight"):
             x = module.quant_weight()
@@ -114,6 +127,103 @@ class BrevitasAdapter:
 
 
 register_adapter("brevitas", BrevitasAdapter())
+
+
+def lsq_bit_widths(module: nn.Module) -> tuple[int, int] | None:
+    """``(weight bits, activation bits)`` of an LSQ-style layer: ``fixed_bits`` where set, else
+    ``bits``; None for a layer without them (unquantized) or a module that is no such layer.
+
+    An LSQ-style layer has a ``quan_w_fn`` with ``get_scale(bits)`` and a ``bits`` or
+    ``fixed_bits`` attribute (seed 004's ``QuanConv2d``/``QuanLinear``, ours in
+    :mod:`qfault.layers`).
+
+    Example:
+        >>> lsq_bit_widths(torch.nn.Linear(2, 2)) is None
+        True
+    """
+    if not is_lsq_layer(module):
+        return None
+    widths = getattr(module, "fixed_bits", None)
+    if widths is None:
+        widths = getattr(module, "bits", None)
+    if widths is None:
+        return None
+    weight_bits, act_bits = (widths, widths) if isinstance(widths, int) else tuple(widths)[:2]
+    return int(weight_bits), int(act_bits)
+
+
+def is_lsq_layer(module: nn.Module) -> bool:
+    """Whether ``module`` exposes LSQ-style quantizers (``quan_w_fn.get_scale`` and ``bits`` or
+    ``fixed_bits``), whatever its class."""
+    quantizer = getattr(module, "quan_w_fn", None)
+    return (isinstance(quantizer, nn.Module) and callable(getattr(quantizer, "get_scale", None))
+            and (hasattr(module, "bits") or hasattr(module, "fixed_bits")))
+
+
+class LsqAdapter:
+    """LSQ-style layers: ``quan_w_fn(weight, bits)`` / ``quan_a_fn(x, bits)`` return
+    ``round(clamp(x / s, lo, hi)) * s`` as plain tensors, with ``s = get_scale(bits)``.
+
+    Weight codes are ``bits``-bit two's complement (``[-2**(k-1), 2**(k-1) - 1]``); activation
+    codes unsigned where the quantizer is ``all_positive``. A call with ``bits`` None or 32 and
+    above (the quantizer's pass-through) is not faulted.
+    """
+
+    activation_types: tuple[str, ...] = ()
+    tensor_name = "LSQ-quantized tensor"
+    _ROLES = {"weight": "quan_w_fn", "input": "quan_a_fn"}
+
+    def quantizer(self, module: nn.Module, role: str) -> str | None:
+        attr = self._ROLES.get(role)
+        if attr is None or lsq_bit_widths(module) is None or not isinstance(getattr(module, attr, None), nn.Module):
+            return None
+        return attr
+
+    def is_quantized(self, x: Any) -> bool:
+        return False  # plain tensors: the quantizer call says what they hold
+
+    def qparams(self, x: Any):  # pragma: no cover - plain tensors carry no parameters
+        raise QFaultConfigError("format", None, "a format for a plain tensor")
+
+    def scale_zero(self, x: Any):  # pragma: no cover
+        return None, None
+
+    def value(self, x: Any) -> torch.Tensor:
+        return x
+
+    def with_value(self, x: Any, value: torch.Tensor) -> Any:
+        return value
+
+    def owns(self, module: nn.Module) -> bool:
+        return False  # its layers return float tensors, which need a format like any other
+
+    def bits(self, module: nn.Module, role: str, x: Any = None) -> int | None:
+        widths = lsq_bit_widths(module)
+        if widths is None or role not in self._ROLES:
+            return None
+        return widths[0] if role == "weight" else widths[1]
+
+    def output_qparams(self, quantizer, args, kwargs, out):
+        bits = kwargs["bits"] if "bits" in kwargs else args[1] if len(args) > 1 else None
+        if bits is None:
+            return None
+        bits = int(bits)
+        if bits >= 32:
+            return None
+        if not 1 <= bits <= 16:
+            raise QFaultConfigError("bits", bits, "1 to 16 for the integer codes of an LSQ quantizer (32 and "
+                                    "above: not quantized)")
+        scale = quantizer.get_scale(bits).detach().to(torch.float32)
+        axis = None
+        if scale.numel() > 1:
+            scale, axis = scale.reshape(-1), 0
+        else:
+            scale = scale.reshape(())
+        signed = not bool(getattr(quantizer, "all_positive", False))
+        return IntFormat(bits=bits, signed=signed), scale, None, axis
+
+
+register_adapter("lsq", LsqAdapter())
 
 
 def quantizer_name(module: nn.Module, role: str) -> str | None:
@@ -128,6 +238,16 @@ def quantizer_name(module: nn.Module, role: str) -> str | None:
         attr = adapter.quantizer(module, role)
         if attr is not None:
             return attr
+    return None
+
+
+def quantizer_of(module: nn.Module, role: str) -> tuple[QuantAdapter, str] | None:
+    """``(adapter, attribute)`` of ``module``'s ``role`` quantizer (``"weight"``, ``"output"``,
+    ``"input"``) under the first registered adapter that finds one, or None."""
+    for adapter in ADAPTERS.values():
+        attr = adapter.quantizer(module, role)
+        if attr is not None:
+            return adapter, attr
     return None
 
 

@@ -668,33 +668,41 @@ def fault_any(site: SiteRuntime, module: nn.Module, x: Any) -> Any:
     return x
 
 
-def quant_output_hook(site: SiteRuntime, batched: bool):
+def quant_output_hook(site: SiteRuntime, adapter, batched: bool):
+    """A forward hook (``with_kwargs``) on a quantizer of ``site.module`` that faults the codes of
+    what the quantizer returns, in the format ``adapter`` reads from the call."""
     owner = site.module
 
-    def hook(m, args, out):
-        adapter = adapter_of(out)
-        if not site.active(owner.training) or adapter is None:
+    def hook(m, args, kwargs, out):
+        if not site.active(owner.training):
             return None
+        if adapter.is_quantized(out):  # a quantized tensor carries its own parameters
+            (fmt, scale, zero), axis = quantized_format(out, site.stats.name), None
+        else:
+            qparams = adapter.output_qparams(m, args, kwargs, out)
+            if qparams is None:
+                return None
+            fmt, scale, zero, axis = qparams
+        value = adapter.value(out)
         reusable = (not batched and site.spec.permanent and not site.spec.track_statistics
-                    and not (torch.is_grad_enabled() and adapter.value(out).requires_grad))
+                    and not (torch.is_grad_enabled() and value.requires_grad))
         cached = site.weight_cache
-        if reusable and cached is not None and cached[0]() is adapter.value(out) and cached[1] is out.scale \
+        if reusable and cached is not None and cached[0]() is value and cached[1] is scale \
                 and cached[2] == site.handle.generation:
             # the very same quantized weights again (a replayed quantizer): the same faulty codes
             for draw, old, new in cached[4]:
                 site.handle._notify(site, draw, old, new)
             return cached[3]
-        fmt, scale, zero = quantized_format(out, site.stats.name)
         notes: list = []
         if reusable:
             site.handle._listeners.append(lambda name, draw, old, new: notes.append((draw, old, new)))
         try:
-            faulty = adapter.with_value(out, site.corrupt(adapter.value(out), fmt, scale, zero, None, batched=batched))
+            faulty = adapter.with_value(out, site.corrupt(value, fmt, scale, zero, axis, batched=batched))
         finally:
             if reusable:
                 site.handle._listeners.pop()
         if reusable:
-            site.weight_cache = (weakref.ref(adapter.value(out)), out.scale, site.handle.generation, faulty, notes)
+            site.weight_cache = (weakref.ref(value), scale, site.handle.generation, faulty, notes)
         return faulty
 
     return hook

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from .._registry import Registry
-from ._adapters import default_activation_types, quantizer_name
+from ._adapters import default_activation_types, quantizer_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._api import InjectionHandle
@@ -75,12 +75,14 @@ class WeightSite(_ParameterSite):
     def attach(self, handle, site) -> None:
         from ._runtime import quant_output_hook
 
-        attr = quantizer_name(site.module, "weight") if site.spec.format is None else None
-        if attr is None:
+        found = quantizer_of(site.module, "weight") if site.spec.format is None else None
+        if found is None:
             super().attach(handle, site)
             return
+        adapter, attr = found
         proxy = getattr(site.module, attr)
-        site.attach = lambda: [proxy.register_forward_hook(quant_output_hook(site, batched=False))]
+        site.attach = lambda: [proxy.register_forward_hook(quant_output_hook(site, adapter, batched=False),
+                                                           with_kwargs=True)]
 
 
 class BiasSite(_ParameterSite):
@@ -110,25 +112,35 @@ class OutputSite(_ActivationSite):
         from ._runtime import fault_any, quant_output_hook, require_format_or_quant
 
         module = site.module
-        attr = quantizer_name(module, "output") if site.spec.format is None else None
-        if attr is not None:
+        found = quantizer_of(module, "output") if site.spec.format is None else None
+        if found is not None:
+            adapter, attr = found
             proxy = getattr(module, attr)
-            site.attach = lambda: [proxy.register_forward_hook(quant_output_hook(site, batched=True))]
+            site.attach = lambda: [proxy.register_forward_hook(quant_output_hook(site, adapter, batched=True),
+                                                               with_kwargs=True)]
             return
         require_format_or_quant(site)
         site.attach = lambda: [module.register_forward_hook(lambda m, args, out: fault_any(site, m, out))]
 
 
 class InputSite(_ActivationSite):
-    """The first positional input of a module."""
+    """The first positional input of a module (its input quantizer's integer codes where an
+    adapter finds one, e.g. an LSQ layer's ``quan_a_fn``)."""
 
     name = "input"
 
     def attach(self, handle, site) -> None:
-        from ._runtime import fault_any, require_format_or_quant
+        from ._runtime import fault_any, quant_output_hook, require_format_or_quant
 
-        require_format_or_quant(site)
         module = site.module
+        found = quantizer_of(module, "input") if site.spec.format is None else None
+        if found is not None:
+            adapter, attr = found
+            proxy = getattr(module, attr)
+            site.attach = lambda: [proxy.register_forward_hook(quant_output_hook(site, adapter, batched=True),
+                                                               with_kwargs=True)]
+            return
+        require_format_or_quant(site)
 
         def pre_hook(m, args):
             if not args:

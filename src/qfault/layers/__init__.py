@@ -3,9 +3,21 @@
 Each layer family registers a frozen config under a name (``list_layer_swaps()``); the verb
 returns a :class:`SwapHandle` (the :class:`qfault.Handle` protocol) whose ``remove()`` puts the
 original modules back. Registered now: ``"seed_quant_linear"`` (:class:`SeedQuantConfig`, the
-seed-000 / WEBCRAFT quantized ``nn.Linear``).
+seed-000 / WEBCRAFT quantized ``nn.Linear``) and ``"lsq"`` (:class:`LsqConfig`, seed 004's LSQ
+mixed-precision ``QuanConv2d`` / ``QuanLinear``).
 """
 
+from ._lsq import (
+    LsqConfig,
+    LsqQuantizer,
+    QuanConv2d,
+    QuanLinear,
+    apply_bit_width_config,
+    load_bit_width_config,
+    lsq_layers,
+    searchable_layers,
+    set_bit_width,
+)
 from ._seed_quant import (
     SeedQuantConfig,
     SeedQuantLinear,
@@ -44,4 +56,14 @@ __all__ = [
     "float_mode",
     "seed_quant_vit",
     "swap_linear",
+    # seed 004: LSQ mixed-precision layers
+    "LsqConfig",
+    "LsqQuantizer",
+    "QuanConv2d",
+    "QuanLinear",
+    "lsq_layers",
+    "searchable_layers",
+    "set_bit_width",
+    "load_bit_width_config",
+    "apply_bit_width_config",
 ]

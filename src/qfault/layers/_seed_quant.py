@@ -258,7 +258,7 @@ def _matches(name: str, module: nn.Module, config: SeedQuantConfig) -> bool:
 
 
 @register_layer_swap("seed_quant_linear", SeedQuantConfig, matches=_matches, aliases=("seed_quant",))
-def _build(module: nn.Linear, config: SeedQuantConfig) -> SeedQuantLinear:
+def _build(module: nn.Linear, config: SeedQuantConfig, name: str) -> SeedQuantLinear:
     layer = SeedQuantLinear.from_linear(module, weight_bits=config.weight_bits, act_bits=config.act_bits)
     return layer.freeze() if config.freeze else layer
 

@@ -24,19 +24,25 @@ from .._registry import Registry
 
 #: ``matches(qualified_name, module, config)``: whether ``module`` is replaced at that name
 MatchFn = Callable[[str, nn.Module, Any], bool]
-#: ``build(module, config)``: the new module that takes ``module``'s place
-BuildFn = Callable[[nn.Module, Any], nn.Module]
+#: ``build(module, config, name)``: the new module that takes ``module``'s place at qualified
+#: ``name`` (the first name of a module reached through several)
+BuildFn = Callable[[nn.Module, Any, str], nn.Module]
+#: ``prepare(model, config)``: the config with its model-dependent defaults filled in (e.g. the
+#: names of a model's first and last layer)
+PrepareFn = Callable[[nn.Module, Any], Any]
 
 
 @dataclass(frozen=True)
 class LayerSwap:
     """A registered family of simulated layers: its name, config type, which modules it
-    replaces (``matches``) and how it builds a replacement (``build``)."""
+    replaces (``matches``), how it builds a replacement (``build``) and fills in model-dependent config
+    defaults (``prepare``)."""
 
     name: str
     config_type: type
     matches: MatchFn
     build: BuildFn
+    prepare: PrepareFn | None = None
 
 
 LAYERS: Registry[LayerSwap] = Registry("layer")
@@ -53,17 +59,21 @@ class _ConfigTypes:
         return LAYERS.get(name).config_type
 
 
-def register_layer_swap(name: str, config_type: type, *, matches: MatchFn, aliases: tuple[str, ...] = ()):
-    """Decorator registering ``build(module, config) -> nn.Module`` for ``config_type`` under
-    ``name``: ``swap_modules(model, config_type(...))`` replaces every submodule for which
-    ``matches(qualified_name, module, config)`` is true by ``build(module, config)``.
+def register_layer_swap(name: str, config_type: type, *, matches: MatchFn, aliases: tuple[str, ...] = (),
+                        prepare: PrepareFn | None = None):
+    """Decorator registering ``build(module, config, name) -> nn.Module`` for ``config_type``
+    under ``name``: ``swap_modules(model, config_type(...))`` replaces every submodule for which
+    ``matches(qualified_name, module, config)`` is true by ``build(module, config,
+    qualified_name)``.
+    ``prepare(model, config) -> config``, where given, first fills in the defaults that depend
+    on the model (the handle keeps the prepared config).
 
     ``config_type`` must be a frozen dataclass; it gets ``type_name = name`` (its YAML ``type``).
 
     Example:
         >>> @register_layer_swap("my_linear", MyConfig,                          # doctest: +SKIP
         ...                      matches=lambda name, module, config: type(module) is nn.Linear)
-        ... def _build(module, config):
+        ... def _build(module, config, name):
         ...     return MyLinear.from_linear(module, bits=config.bits)
     """
     if not (isinstance(config_type, type) and dataclasses.is_dataclass(config_type)
@@ -75,7 +85,7 @@ def register_layer_swap(name: str, config_type: type, *, matches: MatchFn, alias
         raise QFaultConfigError("matches", matches, "a function (qualified_name, module, config) -> bool")
 
     def wrap(build: BuildFn) -> BuildFn:
-        LAYERS.register(name, LayerSwap(name, config_type, matches, build), aliases=aliases)
+        LAYERS.register(name, LayerSwap(name, config_type, matches, build, prepare), aliases=aliases)
         _BY_CONFIG[config_type] = LAYERS.canonical(name)
         config_type.type_name = name
         return build
@@ -111,7 +121,7 @@ class SwapHandle(RemovableHandle):
     """Returned by :func:`swap_modules`: what was swapped, and ``remove()`` to put it back.
 
     Attributes:
-        config: the resolved config.
+        config: the resolved config (with the defaults ``prepare`` fills in from the model).
         swapped: qualified names replaced, the first name of each replaced module, in
             ``named_modules`` order.
         modules: ``{name: new module}`` for the names in ``swapped``.
@@ -162,6 +172,8 @@ def swap_modules(model: nn.Module, config: Any) -> SwapHandle:
     if not isinstance(model, nn.Module):
         raise QFaultConfigError("model", type(model).__name__, "an nn.Module")
     entry = LAYERS.get(_BY_CONFIG[type(config)])
+    if entry.prepare is not None:
+        config = entry.prepare(model, config)
     if entry.matches("", model, config):
         raise QFaultConfigError("model", type(model).__name__, f"a module containing layers that {entry.name} replaces",
                                 hint="the root module cannot be replaced in place; swap it inside a container")
@@ -180,7 +192,7 @@ def swap_modules(model: nn.Module, config: Any) -> SwapHandle:
                 visit(child, name)
                 continue
             if id(child) not in new:
-                new[id(child)] = entry.build(child, config)
+                new[id(child)] = entry.build(child, config, name)
                 handle.swapped.append(name)
                 handle.modules[name] = new[id(child)]
             targets.append((parent, key, child))

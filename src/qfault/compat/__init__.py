@@ -1,0 +1,7 @@
+"""The APIs of the reference tools, translated to qfault's core so that their users' scripts run
+with only their import lines changed. One module per tool; no logic of its own beyond the
+translation (see docs/differences.md for where qfault deliberately differs).
+
+- :mod:`qfault.compat.rfq`: seed 004's fault injector for LSQ mixed-precision models
+  (``util.fault_injector``, ``util.qat.set_bit_width``).
+"""
