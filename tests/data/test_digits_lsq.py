@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qfault import QFaultConfigError
-from qfault.campaign import CampaignSpec, run_campaign
+from qfault.campaign import CampaignSpec, CampaignStore, run_campaign
 from qfault.data import build_model, load_demo_model
 from qfault.layers import lsq_layers
 
@@ -60,3 +60,27 @@ def test_campaign_on_the_lsq_model_faults_its_weight_codes(tmp_path):
     by = {p.values["fault.ber"]: p for p in result.points}
     assert by[0.0].counts["masked"] == 128 and by[0.0].accuracy_mean == pytest.approx(result.golden_accuracy)
     assert by[0.05].counts["masked"] < 128
+
+
+def test_paired_sweep_points_share_seeds_and_nested_faults_grow(tmp_path):
+    base = {
+        "name": "lsq", "seed": 0,
+        "model": {"source": "demo", "name": "digits_lsq", "kwargs": {"epochs": 2, "cache": str(tmp_path)}},
+        "dataset": "digits", "limit": 32, "batch_size": 32,
+        "faults": [{"fault": {"type": "bit_flip", "ber": 0.0, "nested": True}, "site": "weight",
+                    "persistence": "permanent"}],
+        "sweep": {"fault.ber": [0.002, 0.01, 0.05]}, "repetitions": 3,
+    }
+    unpaired = CampaignSpec.from_dict({**base, "store": str(tmp_path / "a.db")})
+    assert "paired" not in unpaired.to_dict()  # older fingerprints are unchanged
+    paired = CampaignSpec.from_dict({**base, "store": str(tmp_path / "b.db"), "paired": ["fault.ber"]})
+    assert paired.fingerprint() != unpaired.fingerprint()
+    run_campaign(paired, progress=False, log=lambda *_: None)
+    rows = sorted(CampaignStore(paired.store, paired, create=False).trials(), key=lambda r: (r.repetition, r.point))
+    for repetition in range(3):
+        mine = [r for r in rows if r.repetition == repetition]
+        assert len({r.seed for r in mine}) == 1  # one seed at every BER
+        changed = [r.faults for r in mine]
+        assert changed == sorted(changed) and changed[0] < changed[-1]  # the nested flips only grow
+    with pytest.raises(QFaultConfigError, match="paired='fault.bits' is invalid: allowed sweep paths: fault.ber"):
+        CampaignSpec.from_dict({**base, "paired": ["fault.bits"]})

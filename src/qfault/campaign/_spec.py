@@ -135,6 +135,10 @@ class CampaignSpec:
             (off on the CPU, about ``STACK_IMAGES`` images per forward on other devices). Used
             only where a fault-free stacked forward is bit-identical to the plain one, so results
             do not depend on it.
+        paired: sweep paths whose points share trial seeds: trial ``r`` of points that differ
+            only in these paths has the same seed (common random numbers). With
+            ``BitFlip(nested=True)`` and ``paired: [fault.ber]``, trial ``r``'s flips at a lower
+            BER are a subset of its flips at a higher one.
     """
 
     name: str = "campaign"
@@ -153,6 +157,7 @@ class CampaignSpec:
     reuse_prefix: bool = True
     mitigation: dict | None = None
     stack_trials: int | str = "auto"
+    paired: tuple = ()
 
     def __post_init__(self) -> None:
         from ..injection import InjectSpec
@@ -213,6 +218,13 @@ class CampaignSpec:
                 _stuck_spec(point_mitigation(self.mitigation, point), point)
             elif any(path.startswith("mitigation.") for path in point):
                 raise QFaultConfigError("sweep", point, "mitigation.* paths only with a mitigation section")
+        paired = (self.paired,) if isinstance(self.paired, str) else self.paired
+        if not isinstance(paired, (list, tuple)):
+            raise QFaultConfigError("paired", self.paired, "a list of sweep paths")
+        for path in paired:
+            if path not in self.sweep:
+                raise QFaultConfigError("paired", path, "sweep paths: " + (", ".join(self.sweep) or "(no sweep)"))
+        set_("paired", tuple(paired))
 
     # -- sweep -------------------------------------------------------------------------------
     def points(self, num_layers: int | None = None) -> list[dict]:
@@ -224,6 +236,10 @@ class CampaignSpec:
         out = asdict(self)
         out["faults"] = [dict(f) for f in self.faults]
         out["sdc_thresholds"] = list(self.sdc_thresholds)
+        if not self.paired:  # a newer field: absent at its default, so older fingerprints stay
+            del out["paired"]
+        else:
+            out["paired"] = list(self.paired)
         out["version"] = SPEC_VERSION
         return json.loads(json.dumps(out, default=str))
 

@@ -35,7 +35,10 @@ Item = tuple[int, dict, int]
 
 def trial_seed(spec: CampaignSpec, point: dict, repetition: int) -> int:
     """Seed of one trial: from the campaign seed, the point's values and the repetition only,
-    so results do not depend on the executor, the order or the number of workers."""
+    so results do not depend on the executor, the order or the number of workers. Values of
+    ``spec.paired`` paths are left out: such points share their trials' seeds."""
+    if spec.paired:
+        point = {k: v for k, v in point.items() if k not in spec.paired}
     return derive_seed(spec.seed, json.dumps(point, sort_keys=True), repetition) >> 1
 
 
