@@ -46,6 +46,21 @@ class SiteKind:
         raise NotImplementedError  # pragma: no cover
 
 
+def _attach_to_quantizer(site: "SiteRuntime", role: str, batched: bool) -> bool:
+    """Fault the integer codes of what ``site.module``'s ``role`` quantizer returns, where an
+    adapter finds one and the spec names no format; False otherwise (nothing attached)."""
+    from ._runtime import quant_output_hook
+
+    found = quantizer_of(site.module, role) if site.spec.format is None else None
+    if found is None:
+        return False
+    adapter, attr = found
+    proxy = getattr(site.module, attr)
+    site.attach = lambda: [proxy.register_forward_hook(quant_output_hook(site, adapter, batched=batched),
+                                                       with_kwargs=True)]
+    return True
+
+
 class _ParameterSite(SiteKind):
     parameter = True
 
@@ -73,16 +88,8 @@ class WeightSite(_ParameterSite):
     name = "weight"
 
     def attach(self, handle, site) -> None:
-        from ._runtime import quant_output_hook
-
-        found = quantizer_of(site.module, "weight") if site.spec.format is None else None
-        if found is None:
+        if not _attach_to_quantizer(site, "weight", batched=False):
             super().attach(handle, site)
-            return
-        adapter, attr = found
-        proxy = getattr(site.module, attr)
-        site.attach = lambda: [proxy.register_forward_hook(quant_output_hook(site, adapter, batched=False),
-                                                           with_kwargs=True)]
 
 
 class BiasSite(_ParameterSite):
@@ -109,16 +116,11 @@ class OutputSite(_ActivationSite):
     name = "output"
 
     def attach(self, handle, site) -> None:
-        from ._runtime import fault_any, quant_output_hook, require_format_or_quant
+        from ._runtime import fault_any, require_format_or_quant
 
-        module = site.module
-        found = quantizer_of(module, "output") if site.spec.format is None else None
-        if found is not None:
-            adapter, attr = found
-            proxy = getattr(module, attr)
-            site.attach = lambda: [proxy.register_forward_hook(quant_output_hook(site, adapter, batched=True),
-                                                               with_kwargs=True)]
+        if _attach_to_quantizer(site, "output", batched=True):
             return
+        module = site.module
         require_format_or_quant(site)
         site.attach = lambda: [module.register_forward_hook(lambda m, args, out: fault_any(site, m, out))]
 
@@ -130,16 +132,11 @@ class InputSite(_ActivationSite):
     name = "input"
 
     def attach(self, handle, site) -> None:
-        from ._runtime import fault_any, quant_output_hook, require_format_or_quant
+        from ._runtime import fault_any, require_format_or_quant
 
-        module = site.module
-        found = quantizer_of(module, "input") if site.spec.format is None else None
-        if found is not None:
-            adapter, attr = found
-            proxy = getattr(module, attr)
-            site.attach = lambda: [proxy.register_forward_hook(quant_output_hook(site, adapter, batched=True),
-                                                               with_kwargs=True)]
+        if _attach_to_quantizer(site, "input", batched=True):
             return
+        module = site.module
         require_format_or_quant(site)
 
         def pre_hook(m, args):
