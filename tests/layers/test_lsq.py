@@ -222,3 +222,26 @@ def test_length_mismatch_with_the_model_names_the_counts(tmp_path):
 def test_digits_lsq_uses_the_shipped_search_json():
     model = build_model("digits_lsq")
     assert [layer.bit_widths() for _, layer in lsq_layers(model)] == [(8, 8), (6, 6), (4, 4), (2, 4), (8, 8)]
+
+
+@pytest.mark.parametrize("library", ["torchvision", "timm"])
+def test_a_resnet18_converts_with_its_stem_and_classifier_fixed(library):
+    if library == "torchvision":
+        import torchvision
+
+        model = torchvision.models.resnet18(num_classes=10)
+    else:
+        import timm
+
+        model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    convs = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    handle = swap_modules(model, LsqConfig(weight_bits=4, act_bits=4))
+    assert handle.swapped == convs and len(convs) == 21
+    assert handle.config.fixed == ("conv1", "fc")
+    assert [name for name, _ in searchable_layers(model)] == convs[1:-1]
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    handle.remove()
+    assert [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)] == convs
