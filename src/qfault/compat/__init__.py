@@ -4,4 +4,6 @@ translation (see docs/differences.md for where qfault deliberately differs).
 
 - :mod:`qfault.compat.rfq`: seed 004's fault injector for LSQ mixed-precision models
   (``util.fault_injector``, ``util.qat.set_bit_width``).
+- :mod:`qfault.compat.fkeras`: FKeras' fixed-point bit flips (``fkeras.utils``) and QKeras'
+  ``quantized_bits``, on PyTorch tensors (seed 002).
 """

@@ -9,9 +9,10 @@ from ._draw import (
     PER_IMAGE_SAMPLERS, SAMPLERS, ArrayDraw, FaultDraw, ScalarDraw, draw_faults, draw_per_image, group_bit_sites,
     hw_periodic_mask, hw_periodic_pattern, register_sampler, resolve_bits,
 )
+from ._layout import LAYOUTS, from_torch_index, keras_permutation, lbi_to_site, site_to_lbi, to_torch_index
 from ._models import (
-    FAULTS, BitFlip, FaultModel, FullFlip, HwPeriodic, LSBFlip, MSBFlip, RandomValue, StuckAt,
-    get_fault, list_faults, register_fault,
+    FAULTS, BitFlip, FaultModel, FullFlip, HwPeriodic, LSBFlip, MSBFlip, PlaneBitFlip, RandomValue, RegionBitFlip,
+    StuckAt, get_fault, list_faults, register_fault,
 )
 from ._sampling import (
     bernoulli_positions, binomial, ceil_count, derive_seed, distinct, make_generator, nested_bernoulli_array,
@@ -19,11 +20,12 @@ from ._sampling import (
 )
 
 __all__ = [
-    "FaultModel", "BitFlip", "StuckAt", "RandomValue", "LSBFlip", "MSBFlip", "FullFlip", "HwPeriodic",
+    "FaultModel", "BitFlip", "PlaneBitFlip", "RegionBitFlip", "StuckAt", "RandomValue", "LSBFlip", "MSBFlip", "FullFlip", "HwPeriodic",
     "get_fault", "list_faults", "register_fault", "FAULTS",
     "corrupt", "draw_faults", "draw_per_image", "apply_draw", "apply_to_codes", "fault_values", "FaultDraw",
     "ArrayDraw", "ScalarDraw", "FaultRecord", "resolve_bits", "group_bit_sites", "hw_periodic_mask",
     "hw_periodic_pattern", "register_sampler", "SAMPLERS", "PER_IMAGE_SAMPLERS",
     "XOR", "STUCK", "RANDOM", "Codec", "CODECS", "TORCH", "NUMPY", "SCALAR", "fast_codec_for", "scalar_param", "to_float32", "xor_scalars", "xor_values_numpy",
+    "LAYOUTS", "keras_permutation", "to_torch_index", "from_torch_index", "lbi_to_site", "site_to_lbi",
     "binomial", "distinct", "bernoulli_positions", "nested_bernoulli_array", "derive_seed", "make_generator", "uniform_index", "ceil_count",
 ]

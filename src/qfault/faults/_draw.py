@@ -20,7 +20,10 @@ import torch
 from .._errors import QFaultConfigError
 from ..formats import NumberFormat
 from ._codec import RANDOM, STUCK, XOR
-from ._models import BitFlip, FaultModel, FullFlip, HwPeriodic, LSBFlip, MSBFlip, RandomValue, StuckAt
+from ._layout import lbi_to_site, to_torch_index
+from ._models import (
+    BitFlip, FaultModel, FullFlip, HwPeriodic, LSBFlip, MSBFlip, PlaneBitFlip, RandomValue, RegionBitFlip, StuckAt,
+)
 from ._sampling import bernoulli_array, bernoulli_positions, ceil_count, distinct_array, nested_bernoulli_array
 
 
@@ -187,7 +190,9 @@ def _bit_level(numel: int, fmt: NumberFormat, fault, gen: torch.Generator, *, p:
     allowed = resolve_bits(fault.bits, fmt)
     per_element = allowed.numel()
     population = numel * per_element
-    if p is not None:
+    if p is not None and getattr(fault, "exact", False):
+        flat = distinct_array(population, int(population * p), gen)  # exactly floor(n * p) bits
+    elif p is not None:
         nested = getattr(fault, "nested", False)
         flat = (nested_bernoulli_array if nested else bernoulli_array)(population, p, gen)
     else:
@@ -321,6 +326,47 @@ def _sample_bit_flip(fault: BitFlip, shape: tuple, fmt: NumberFormat, gen: torch
         elements, bits = _bit_level(numel, fmt, fault, gen=gen, p=fault.ber, count=fault.count)
     index, mask, _ = group_bit_sites(elements, bits)
     return ArrayDraw(index, mask, elements, bits)
+
+
+def _layout_pairs(elements: np.ndarray, bits: np.ndarray, shape: tuple, layout: str) -> FaultDraw:
+    """(element, bit) pairs with elements in ``layout`` order as a draw of the PyTorch tensor."""
+    elements = to_torch_index(elements, shape, layout)
+    order = np.lexsort((bits, elements))
+    elements, bits = elements[order], bits[order]
+    index, mask, _ = group_bit_sites(elements, bits)
+    return ArrayDraw(index, mask, elements, bits)
+
+
+@register_sampler(PlaneBitFlip)
+def _sample_planes(fault: PlaneBitFlip, shape: tuple, fmt: NumberFormat, gen: torch.Generator) -> FaultDraw:
+    numel = math.prod(shape)
+    count = fault.faults_in(numel, fmt.bits)
+    if count > numel * fmt.bits:
+        raise QFaultConfigError("count", count, f"at most {numel * fmt.bits} (the bits of {numel} elements of "
+                                f"{fmt.bits} bits)")
+    faults = np.arange(count, dtype=np.int64)
+    bits, elements = np.divmod(faults, max(numel, 1))
+    return _layout_pairs(elements, bits, shape, fault.layout)
+
+
+@register_sampler(RegionBitFlip)
+def _sample_regions(fault: RegionBitFlip, shape: tuple, fmt: NumberFormat, gen: torch.Generator) -> FaultDraw:
+    numel = math.prod(shape)
+    population = numel * fmt.bits
+    if numel == 0:  # an empty tensor (an empty batch) has nothing to fault
+        return _layout_pairs(np.empty(0, np.int64), np.empty(0, np.int64), shape, fault.layout)
+    chosen = []
+    for i, (start, end, ber) in enumerate(fault.regions):
+        if end >= population:
+            raise QFaultConfigError(f"regions[{i}].end_lbi", end, f"at most {population - 1}: LBIs 0..{population - 1} "
+                                    f"number the {fmt.bits} bits of each of the {numel} elements")
+        length = end - start + 1
+        hits = int(length * ber)
+        picked = np.arange(length, dtype=np.int64) if hits == length else distinct_array(length, hits, gen)
+        chosen.append(picked + start)
+    lbis = np.unique(np.concatenate(chosen))
+    elements, bits = lbi_to_site(lbis, fmt.bits)
+    return _layout_pairs(elements, bits, shape, fault.layout)
 
 
 @register_sampler(StuckAt)

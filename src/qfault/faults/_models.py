@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from .._config import from_dict, to_dict
 from .._errors import QFaultConfigError, check_choice, check_range
 from .._registry import Registry
+from ._layout import LAYOUTS
 
 FAULTS: Registry = Registry("fault")
 
@@ -63,6 +64,11 @@ class FaultModel:
     op: ClassVar[str] = "xor"
 
     @property
+    def seeded(self) -> bool:
+        """Whether the faults drawn depend on the seed (False for deterministic patterns)."""
+        return True
+
+    @property
     def groupable(self) -> bool:
         """Whether one draw over several tensors joined end to end has the distribution of
         independent draws per tensor (true of per-bit and per-element Bernoulli faults), so the
@@ -105,6 +111,8 @@ class BitFlip(FaultModel):
             subset of those flipped at a higher one (same per-bit Bernoulli distribution, a
             different stream; see docs/faults.md). Sweeps over BER then differ only by the
             added faults.
+        exact: with ``ber``, flip exactly ``floor(n * ber)`` distinct bits of the ``n`` a tensor
+            has (FKeras' random mask) instead of each bit independently.
     """
 
     ber: float | None = None
@@ -112,6 +120,7 @@ class BitFlip(FaultModel):
     sites: tuple[tuple[int, int], ...] | None = None
     bits: tuple[int | str, ...] | None = None
     nested: bool = False
+    exact: bool = False
 
     def __post_init__(self) -> None:
         given = [n for n in ("ber", "count", "sites") if getattr(self, n) is not None]
@@ -122,10 +131,13 @@ class BitFlip(FaultModel):
             )
         if self.ber is not None:
             check_range("ber", self.ber, 0.0, 1.0)
-        if not isinstance(self.nested, bool):
-            raise QFaultConfigError("nested", self.nested, "True or False")
-        if self.nested and self.ber is None:
-            raise QFaultConfigError("nested", self.nested, "False unless ber is given (nesting is across BER values)")
+        for flag in ("nested", "exact"):
+            if not isinstance(getattr(self, flag), bool):
+                raise QFaultConfigError(flag, getattr(self, flag), "True or False")
+            if getattr(self, flag) and self.ber is None:
+                raise QFaultConfigError(flag, True, "False unless ber is given")
+        if self.nested and self.exact:
+            raise QFaultConfigError("exact", True, "False with nested=True (an exact count per BER cannot nest)")
         if self.count is not None:
             check_range("count", self.count, 0, 2**62, integer=True)
         if self.sites is not None and self.bits is not None:
@@ -140,18 +152,110 @@ class BitFlip(FaultModel):
 
     @property
     def groupable(self) -> bool:
-        return self.ber is not None
+        return self.ber is not None and not self.exact  # an exact count is per tensor
 
     def to_dict(self) -> dict:
         out = super().to_dict()
-        if not self.nested:  # a newer field: absent at its default, so older dicts stay as they were
-            del out["nested"]
+        for flag in ("nested", "exact"):  # newer fields: absent at their default, so older dicts stay as they were
+            if not out[flag]:
+                del out[flag]
         return out
 
     def expected_faults(self, numel: int, bits: int) -> float:
+        if self.exact:
+            return float(int(numel * bits * self.ber))
         if self.ber is not None:
             return numel * bits * self.ber
         return float(self.count if self.count is not None else len(self.sites))
+
+
+def _check_layout(layout: str) -> None:
+    check_choice("layout", layout, LAYOUTS)
+
+
+@register_fault("bit_flip_planes", aliases=("bit_flip_deterministic", "planes"))
+@dataclass(frozen=True)
+class PlaneBitFlip(FaultModel):
+    """FKeras' deterministic faults: the first ``k`` bits in bit-plane-major order. Fault ``f``
+    flips bit ``f // n`` (0 = LSB) of element ``f % n``: bit 0 of every element first, then bit 1,
+    and so on. ``k = int(n * bits * ber)`` or ``count``.
+
+    Args:
+        ber: share of the tensor's bits, a fraction in [0, 1].
+        count: number of bits instead.
+        layout: element order the faults follow: ``"torch"`` (the tensor's own) or ``"keras"``
+            (Keras kernel layout: Linear ``(in, out)``, Conv ``(*kernel, in, out)``).
+    """
+
+    ber: float | None = None
+    count: int | None = None
+    layout: str = "torch"
+
+    def __post_init__(self) -> None:
+        if (self.ber is None) == (self.count is None):
+            raise QFaultConfigError("bit_flip_planes", None, "exactly one of ber or count")
+        if self.ber is not None:
+            check_range("ber", self.ber, 0.0, 1.0)
+        if self.count is not None:
+            check_range("count", self.count, 0, 2**62, integer=True)
+        _check_layout(self.layout)
+
+    @property
+    def seeded(self) -> bool:
+        return False
+
+    def faults_in(self, numel: int, bits: int) -> int:
+        """``k`` for a tensor of ``numel`` values of ``bits`` bits."""
+        return self.count if self.count is not None else int(numel * bits * self.ber)
+
+    def expected_faults(self, numel: int, bits: int) -> float:
+        return float(min(self.faults_in(numel, bits), numel * bits))
+
+
+def _check_region(i: int, region) -> tuple[int, int, float]:
+    if isinstance(region, dict):
+        region = (region.get("start_lbi"), region.get("end_lbi"), region.get("ber", 1.0))
+    if not isinstance(region, (tuple, list)) or len(region) not in (2, 3):
+        raise QFaultConfigError(f"regions[{i}]", region, "(start_lbi, end_lbi, ber) or {start_lbi, end_lbi, ber}")
+    start, end, ber = (tuple(region) + (1.0,))[:3]
+    check_range(f"regions[{i}].start_lbi", start, 0, 2**62, integer=True)
+    check_range(f"regions[{i}].end_lbi", end, 0, 2**62, integer=True)
+    if end < start:
+        raise QFaultConfigError(f"regions[{i}].end_lbi", end, f"at least start_lbi ({start}): a region is "
+                                "[start_lbi, end_lbi], both included")
+    check_range(f"regions[{i}].ber", ber, 0.0, 1.0)
+    return int(start), int(end), float(ber)
+
+
+@register_fault("bit_flip_regions", aliases=("regions", "lbi_regions"))
+@dataclass(frozen=True)
+class RegionBitFlip(FaultModel):
+    """Faulty layer bit regions (FKeras ``FaultyLayerBitRegion``): in each region of layer bit
+    indices ``[start_lbi, end_lbi]`` (both included), ``int(length * ber)`` distinct LBIs
+    flip, drawn uniformly (``ber = 1``: every bit of the region). LBI ``l`` is bit
+    ``bits - 1 - l % bits`` of element ``l // bits`` (LBI 0: the sign bit of element 0).
+    Overlapping regions flip a bit once.
+
+    Args:
+        regions: ``(start_lbi, end_lbi, ber)`` triples (or dicts with those keys).
+        layout: element order of the LBIs: ``"torch"`` or ``"keras"`` (see :class:`PlaneBitFlip`).
+    """
+
+    regions: tuple = ()
+    layout: str = "torch"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.regions, (tuple, list)) or not self.regions:
+            raise QFaultConfigError("regions", self.regions, "a non-empty list of (start_lbi, end_lbi, ber)")
+        object.__setattr__(self, "regions", tuple(_check_region(i, r) for i, r in enumerate(self.regions)))
+        _check_layout(self.layout)
+
+    @property
+    def seeded(self) -> bool:
+        return any(0 < int((end - start + 1) * ber) < end - start + 1 for start, end, ber in self.regions)
+
+    def expected_faults(self, numel: int, bits: int) -> float:
+        return float(sum(int((end - start + 1) * ber) for start, end, ber in self.regions))
 
 
 @register_fault("stuck_at", aliases=("stuckat", "saf"))
@@ -287,7 +391,7 @@ def get_fault(spec: "str | dict | FaultModel", **kwargs) -> FaultModel:
 
     Example:
         >>> get_fault("bit_flip", ber=1e-3)
-        BitFlip(ber=0.001, count=None, sites=None, bits=None, nested=False)
+        BitFlip(ber=0.001, count=None, sites=None, bits=None, nested=False, exact=False)
     """
     if isinstance(spec, FaultModel):
         return spec
