@@ -1,0 +1,169 @@
+"""Bit-sensitivity ranking against brute-force references: dense Hessians and their
+eigendecomposition, explicit gradients, exact bit-flip deltas, FKeras' MSB-first regrouping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import qfault
+from qfault import QFaultConfigError
+from qfault.formats import IntFormat
+from qfault.sensitivity import METHODS, SensitivityConfig, msb_first_order, rank_bits, weight_views
+
+
+class _Net(nn.Module):
+    """Conv without bias, BatchNorm, ReLU, Linear: what FKeras' analysis crashes on."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(2)
+        self.fc = nn.Linear(2 * 4 * 4, 3)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.1, 0.1)
+            self.bn.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def _data(n=16):
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(n, 1, 4, 4, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+
+
+def _dense(model, views, x, y):
+    """Brute force: the loss as a function of the concatenated quantized weights, its gradient
+    and full Hessian (torch.autograd.functional), on copies of the weights in float64."""
+    sizes = [v.numel for v in views]
+    names = [v.name for v in views]
+    shapes = [v.shape for v in views]
+    model = model.double()
+
+    def loss(flat):
+        params, start = {}, 0
+        for name, size, shape in zip(names, sizes, shapes):
+            params[name] = flat[start:start + size].view(shape)
+            start += size
+        out = torch.func.functional_call(model, params, (x.double(),), strict=False)
+        return F.cross_entropy(out, y)
+
+    flat = torch.cat([v.value.double() for v in views])
+    grad = torch.autograd.functional.jacobian(loss, flat)
+    hessian = torch.autograd.functional.hessian(loss, flat)
+    model.float()
+    return grad.numpy(), hessian.numpy()
+
+
+def test_hessian_eigenpairs_and_scores_match_the_dense_hessian():
+    model, (x, y) = _Net().eval(), _data()
+    fmt = IntFormat(4)
+    ranking = rank_bits(model, (x, y), method="hessian", eigenpairs=4, format=fmt, tol=1e-10)
+    views = weight_views(model, x, fmt=fmt)
+    _, hessian = _dense(model, views, x, y)
+    values, vectors = np.linalg.eigh(hessian)
+    order = np.argsort(-np.abs(values), kind="stable")[:4]
+    assert np.allclose(ranking.eigenvalues, values[order], rtol=1e-4, atol=1e-6)
+    theta = np.concatenate([v.theta.double().numpy() for v in views])
+    expected = sum(values[j] ** 2 * abs(vectors[:, j] @ theta) * np.abs(vectors[:, j]) for j in order)
+    assert np.allclose(np.concatenate(ranking.param_scores), expected, rtol=1e-3, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["gradient", "taylor", "delta"])
+def test_first_order_scores_match_explicit_gradients(method):
+    model, (x, y) = _Net().eval(), _data()
+    fmt = IntFormat(6)
+    ranking = rank_bits(model, [(x[:10], y[:10]), (x[10:], y[10:])], method=method, format=fmt)  # two batches
+    views = weight_views(model, x, fmt=fmt)
+    grad, _ = _dense(model, views, x, y)
+    theta = np.concatenate([v.theta.double().numpy() for v in views])
+    if method == "gradient":
+        assert np.allclose(np.concatenate(ranking.param_scores), np.abs(grad), rtol=1e-4, atol=1e-7)
+    elif method == "taylor":
+        assert np.allclose(np.concatenate(ranking.param_scores), (grad * theta) ** 2, rtol=1e-4, atol=1e-10)
+    else:
+        # every bit: |g_i * (value after flipping bit b alone - value)|, the flip decoded by brute force
+        start, expected = 0, {}
+        for t, view in enumerate(views):
+            for e in range(view.numel):
+                for b in range(view.bits):
+                    code = int(view.codes[e]) & 63
+                    flipped = code ^ (1 << b)
+                    flipped = flipped - 64 if flipped >= 32 else flipped
+                    scale = float(view.scale.reshape(-1)[e // (view.numel // view.shape[0])])
+                    delta = flipped * scale - float(view.value[e])
+                    expected[(t, e, b)] = abs(grad[start + e] * delta)
+            start += view.numel
+        got = {(t, e, b): s for t, e, b, s in zip(ranking.tensor.tolist(), ranking.element.tolist(),
+                                                   ranking.bit.tolist(), ranking.score.tolist())}
+        assert got.keys() == expected.keys()
+        assert np.allclose([got[k] for k in expected], list(expected.values()), rtol=1e-4, atol=1e-8)
+        assert np.all(np.diff(ranking.score) <= 0)  # most sensitive first
+
+
+def test_msb_first_regrouping_is_fkeras_order():
+    scores = [np.array([0.1, 0.9, 0.5]), np.array([0.7, 0.2])]
+    widths = [3, 2]
+    tensor, element, bit, _ = msb_first_order(scores, widths)
+    # FKeras: params by decreasing score, then plane by plane from the MSB (mixed widths)
+    params = sorted([(s, t, e) for t, ss in enumerate(scores) for e, s in enumerate(ss)], key=lambda p: -p[0])
+    expected = []
+    for plane in range(3):
+        expected += [(t, e, widths[t] - 1 - plane) for _, t, e in params if widths[t] > plane]
+    assert list(zip(tensor.tolist(), element.tolist(), bit.tolist())) == expected
+
+
+def test_hutchinson_trace_estimates_the_block_traces():
+    model, (x, y) = _Net().eval(), _data()
+    fmt = IntFormat(8)
+    ranking = rank_bits(model, (x, y), method="gradient", format=fmt, trace_samples=400, seed=3)
+    views = weight_views(model, x, fmt=fmt)
+    _, hessian = _dense(model, views, x, y)
+    start = 0
+    for view, estimate in zip(views, ranking.traces):
+        block = hessian[start:start + view.numel, start:start + view.numel]
+        off = hessian[start:start + view.numel].copy()
+        off[:, start:start + view.numel] = 0
+        # the estimate's standard error: sqrt(2 * sum of squared off-diagonal entries / samples)
+        spread = np.sqrt(2 * ((block - np.diag(np.diag(block))) ** 2).sum() + 2 * (off ** 2).sum()) / 20
+        assert abs(estimate - np.trace(block)) < 5 * spread + 1e-6
+        start += view.numel
+
+
+def test_quantized_layers_use_their_own_codes_and_top_bits_become_fault_specs():
+    from qfault.data import build_model
+
+    model = build_model("digits_lsq").eval()
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    model(x)
+    ranking = rank_bits(model, (x, y), method="delta", names=("3", "6"))
+    assert [(name, bits) for name, _, bits in ranking.tensors] == [("3.weight", 6), ("6.weight", 4)]
+    assert len(ranking) == 16 * 32 * 9 * 6 + 32 * 32 * 9 * 4
+    specs = ranking.fault_specs(5)
+    flipped = set()
+    with qfault.inject(model, [qfault.InjectSpec.from_dict(s) for s in specs]) as handle:
+        handle.add_listener(lambda name, draw, old, new: flipped.update(
+            (name.split(":")[0] + ".weight", e, b) for e, b in draw.bit_sites.tolist()))
+        with torch.no_grad():
+            model(x)
+    assert flipped == set(ranking.top(5))
+    table = ranking.layer_table()
+    assert sum(row["top_share"] for row in table) == pytest.approx(1.0)
+    assert sum(row["top_share"] for row in ranking.bit_position_table()) == pytest.approx(1.0)
+
+
+def test_errors_name_the_field():
+    with pytest.raises(QFaultConfigError, match=r"method='hess' is invalid: allowed one of delta, gradient, hessian"):
+        SensitivityConfig(method="hess")
+    model, data = _Net(), _data()
+    with pytest.raises(QFaultConfigError, match="format"):
+        rank_bits(model, data, method="gradient")
+    with pytest.raises(QFaultConfigError, match="types/names"):
+        rank_bits(model, data, method="gradient", format="int8", names=("nope",))
+    assert set(METHODS.list()) == {"delta", "gradient", "hessian", "taylor"}
+    assert model.training  # the training flag is restored
