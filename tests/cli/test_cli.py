@@ -27,7 +27,7 @@ def test_subcommands_are_classes_with_one_module_each(capsys):
     from qfault.cli._subcommand import Subcommand
 
     names = [cls.name for cls in SUBCOMMANDS]
-    assert names == ["demo", "campaign", "ls", "cp"]
+    assert names == ["demo", "campaign", "sensitivity", "ls", "cp"]
     assert len({cls.__module__ for cls in SUBCOMMANDS}) == len(SUBCOMMANDS)
     for cls in SUBCOMMANDS:
         assert isinstance(cls(), Subcommand)
@@ -77,9 +77,16 @@ def test_every_shipped_template_is_a_valid_spec(tmp_path):
     from qfault.campaign import CampaignSpec
     from qfault.cli._templates import template_path, templates
 
+    from qfault.cli.sensitivity import SensitivityJob, _nested_checks
+    from qfault.config import check_dataclass, load_config
+
     assert len(templates()) >= 4
     for name in templates():
         with template_path(name) as path:
+            if name.startswith("sensitivity_"):  # a `qfault sensitivity` spec
+                job = check_dataclass(SensitivityJob, load_config(path, [], what="spec"), nested=_nested_checks())
+                assert job.sensitivity.method, name
+                continue
             spec = CampaignSpec.from_yaml(path, [f"store={tmp_path / name}.db"])
         assert spec.points(), name
 
