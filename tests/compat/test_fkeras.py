@@ -133,3 +133,40 @@ def test_keras_lbis_of_a_pytorch_linear_weight():
     expected[1, 0] = (pattern - 256 if pattern >= 128 else pattern) / 32
     assert torch.equal(out, nn.functional.linear(x, expected))
     assert torch.equal(layer.weight, clean_weight)
+
+
+def test_whole_model_numbering_is_kernel_then_bias_per_layer_in_keras_order():
+    from qfault.compat.fkeras import FModelAlt
+    from qfault.injection import ModelBits
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
+    fmt = quantized_bits(6, 2).format
+    numbering = ModelBits(model, format=fmt, include_bias=True)
+    # brute force: walk the layers, kernel (Keras (in, out), row-major) then bias, 6 bits each MSB first
+    expected = []
+    for name, layer in (("0", model[0]), ("2", model[2])):
+        out_features, in_features = layer.weight.shape
+        for i in range(in_features):
+            for o in range(out_features):
+                expected += [(f"{name}.weight", o * in_features + i, 5 - k) for k in range(6)]
+        for o in range(out_features):
+            expected += [(f"{name}.bias", o, 5 - k) for k in range(6)]
+    assert numbering.total == len(expected) == (6 + 2 + 4 + 2) * 6
+    assert numbering.locate(range(numbering.total)) == expected
+    with pytest.raises(QFaultConfigError, match=r"bit index=84 is invalid: allowed 0 to 83"):
+        numbering.locate([84])
+    fmodel = FModelAlt(model, incl_biases=True, format=fmt)
+    assert fmodel.num_model_param_bits == 84 and list(fmodel.layer_bit_ranges) == [(0, 48), (48, 84)]
+    x = torch.randn(5, 3)
+    with torch.no_grad():
+        clean = model(x)
+        fmodel.explicitly_flip_bits([0, 40, 0])
+        seen = []
+        fmodel.handle.add_listener(lambda name, draw, old, new: seen.append((name, draw.bit_sites.tolist())))
+        faulty = model(x)
+        # bit 0: the MSB of kernel element 0; bit 40 = 36 + 4: bias 0, bit 5 - 4 = 1
+        assert sorted(seen) == [("0:bias", [[0, 1]]), ("0:weight", [[0, 5]])]
+        assert not torch.equal(faulty, clean) and torch.equal(model(x), faulty)  # stays until reset
+        fmodel.explicitly_reset_bits([0, 40])
+        assert torch.equal(model(x), clean)

@@ -31,7 +31,7 @@ __all__ = ["quantized_bits", "LayerBitRegion", "FaultyLayerBitRegion", "lb_index
            "wb_index_to_lb_index", "gen_lbi_region_at_layer_level", "gen_mask_tensor_random",
            "gen_mask_tensor_deterministic", "gen_mask_tensor_deterministic_v2", "gen_mask_tensor_deterministic_v3",
            "quantize_and_bitflip", "quantize_and_bitflip_deterministic", "quantize_and_bitflip_deterministic_v2",
-           "quantize_and_bitflip_deterministic_v3"]
+           "quantize_and_bitflip_deterministic_v3", "FModelAlt"]
 
 
 class quantized_bits:  # noqa: N801 - QKeras' name
@@ -232,3 +232,57 @@ def quantize_and_bitflip_deterministic_v3(i_values, i_quantizer, regions: Sequen
     ``end_lbi`` and ``ber``; a region's bits are drawn with ``seed`` where ``ber < 1``)."""
     fault = RegionBitFlip(regions=_regions(regions, bers), layout=layout) if regions else None
     return _quantize_and_flip(i_values, i_quantizer, fault, seed)
+
+
+# -- whole-model bit numbering ---------------------------------------------------------------------
+
+class FModelAlt:
+    """FKeras' ``FModelAlt``: one bit numbering for the whole model (layers in module order,
+    ``[weight bits | bias bits]`` per layer, LBIs in Keras kernel order by default) and explicit
+    flips of global bits that stay until reset.
+
+    Flips go through :func:`qfault.inject` (hooks; the stored weights never change), so
+    ``explicitly_reset_bits`` restores the model exactly.
+    """
+
+    def __init__(self, model, verbose: int = 0, incl_biases: bool = False, *, format=None, layout: str = "keras",
+                 types=None, names=None) -> None:
+        from collections import OrderedDict
+
+        from ..injection import ModelBits
+
+        self.model, self.verbose, self.incl_biases = model, verbose, incl_biases
+        self.bits = ModelBits(model, format=format, include_bias=incl_biases, types=types, names=names,
+                              layout=layout)
+        self.num_model_param_bits = self.bits.total
+        self.layer_bit_ranges = OrderedDict()
+        for tensor in self.bits.tensors:
+            key = next((r for r, name in self.layer_bit_ranges.items() if name == tensor.module), None)
+            if key is None:
+                self.layer_bit_ranges[(tensor.start, tensor.start + tensor.size)] = tensor.module
+            else:  # the bias range extends its layer's
+                del self.layer_bit_ranges[key]
+                self.layer_bit_ranges[(key[0], tensor.start + tensor.size)] = tensor.module
+        self.flipped: set[int] = set()
+        self.handle = None
+
+    def _apply(self) -> None:
+        from ..injection import InjectSpec, inject
+
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+        if self.flipped:
+            specs = [InjectSpec.from_dict(s) for s in self.bits.fault_specs(sorted(self.flipped))]
+            self.handle = inject(self.model, specs)
+
+    def explicitly_flip_bits(self, bits_to_flip) -> None:
+        """Flip these global bits (already flipped ones stay flipped, not toggled)."""
+        self.bits.locate(list(bits_to_flip))  # out-of-range indices are an error before anything changes
+        self.flipped |= {int(b) for b in bits_to_flip}
+        self._apply()
+
+    def explicitly_reset_bits(self, bits_to_reset) -> None:
+        """Flip these global bits back."""
+        self.flipped -= {int(b) for b in bits_to_reset}
+        self._apply()

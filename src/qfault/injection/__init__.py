@@ -6,6 +6,7 @@ from ._adapters import (
     tensor_value,
     with_value,
 )
+from ._bits import BitTensor, ModelBits
 from ._api import CONFIG_HANDLERS, InjectionHandle, inject, register_config
 from ._select import matches_name, matches_type, select_modules
 from ._sites import SITES, SiteKind
@@ -13,7 +14,7 @@ from ._grad import replace_at
 from ._spec import InjectSpec, Mode, Site
 from ._stats import SiteStats, Statistics
 
-__all__ = ["inject", "InjectSpec", "InjectionHandle", "Site", "Mode", "Statistics", "SiteStats",
+__all__ = ["inject", "ModelBits", "BitTensor", "InjectSpec", "InjectionHandle", "Site", "Mode", "Statistics", "SiteStats",
            "select_modules", "replace_at",
            "ADAPTERS", "QuantAdapter", "register_adapter", "quantizer_name", "quantizer_of", "quantized_format", "is_lsq_layer",
            "lsq_bit_widths", "quantized_bits", "is_quantized", "tensor_value",
