@@ -3,6 +3,7 @@ and what differs on purpose (keep_negative honoured, regions honour end and ber)
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -98,8 +99,8 @@ def test_lbi_helpers_match_fkeras():
 def test_bad_input_is_a_clear_error():
     with pytest.raises(QFaultConfigError, match=r"integer=9 is invalid: allowed at most bits - keep_negative = 7"):
         quantized_bits(8, 9)
-    with pytest.raises(QFaultConfigError, match="alpha='auto'"):
-        quantized_bits(8, 3, alpha="auto")
+    with pytest.raises(QFaultConfigError, match=r"alpha='max' is invalid: allowed None, 1, 'auto' or 'auto_po2'"):
+        quantized_bits(8, 3, alpha="max")
     with pytest.raises(QFaultConfigError, match=r"regions\[0\].end_lbi=0 is invalid: allowed at least start_lbi"):
         quantize_and_bitflip_deterministic_v3(WEIGHTS, quantized_bits(5, 1), [FaultyLayerBitRegion(1, 0, 1.0)], [])
     with pytest.raises(QFaultConfigError, match=r"regions\[0\].end_lbi=60 is invalid: allowed at most 59"):
@@ -170,3 +171,46 @@ def test_whole_model_numbering_is_kernel_then_bias_per_layer_in_keras_order():
         assert not torch.equal(faulty, clean) and torch.equal(model(x), faulty)  # stays until reset
         fmodel.explicitly_reset_bits([0, 40])
         assert torch.equal(model(x), clean)
+
+
+def _qkeras_auto_reference(w: np.ndarray, bits: int, integer: int, alpha: str) -> np.ndarray:
+    """QKeras' quantized_bits.__call__ for symmetric auto alphas, transcribed in numpy float32 on
+    the Keras kernel (output channel last): scale over every axis but the last."""
+    f32 = np.float32
+    eps = f32(1e-7)
+    x = w.astype(f32) / f32(2.0**integer)
+    axes = tuple(range(x.ndim - 1))
+    levels = f32((2 ** (bits - 1) - 1) * 2)
+    scale = (np.max(np.abs(x), axis=axes, keepdims=True) * f32(2)) / levels
+    if alpha == "auto_po2":
+        scale = np.power(f32(2), np.round(np.log(scale + eps) / f32(np.log(2.0)))).astype(f32)
+        for _ in range(5):
+            v = np.floor(np.abs(x) / scale + f32(0.5))
+            z = np.sign(x) * np.where(v < levels / 2, v, np.ones_like(v) * levels / 2)
+            qx = np.mean(x * z, axis=axes, keepdims=True)
+            qq = np.mean(z * z, axis=axes, keepdims=True)
+            scale = np.power(f32(2), np.round(np.log(qx / (qq + eps) + eps) / f32(np.log(2.0)))).astype(f32)
+    v = np.floor(np.abs(x) / scale + f32(0.5))
+    z = np.sign(x) * np.where(v < levels / 2, v, np.ones_like(v) * levels / 2)
+    return (f32(2.0**integer) * z * scale).astype(f32)
+
+
+@pytest.mark.parametrize("alpha", ["auto", "auto_po2"])
+@pytest.mark.parametrize("bits, integer", [(4, 0), (8, 2), (6, 1)])
+def test_auto_alpha_scales_match_qkeras(alpha, bits, integer):
+    gen = torch.Generator().manual_seed(bits)
+    weight = torch.randn(5, 3, 3, 3, generator=gen) * torch.tensor([0.1, 1.0, 3.0, 0.02, 7.0]).view(5, 1, 1, 1)
+    quantizer = quantized_bits(bits, integer, symmetric=1, alpha=alpha)
+    keras_kernel = weight.permute(2, 3, 1, 0).numpy()  # (kh, kw, in, out)
+    expected = _qkeras_auto_reference(keras_kernel, bits, integer, alpha)
+    got = quantizer(weight).permute(2, 3, 1, 0).numpy()
+    np.testing.assert_array_equal(got, expected)
+    # flips act on the narrow-range codes z of z * scale, per output channel
+    faulty = quantize_and_bitflip(weight, quantizer, [FaultyLayerBitRegion(0, 0, 1.0)], [], seed=0)
+    fmt, scale, _ = quantizer.codes_format(weight)
+    code = int(torch.round(quantizer(weight).reshape(-1)[0] / scale[0]))
+    pattern = (code & (2**bits - 1)) ^ (1 << (bits - 1))
+    assert float(faulty.reshape(-1)[0]) == pytest.approx((pattern - 2**bits if pattern >= 2 ** (bits - 1) else pattern)
+                                                         * float(scale[0]), rel=1e-6)
+    with pytest.raises(QFaultConfigError, match="symmetric"):
+        quantized_bits(bits, integer, symmetric=0, alpha=alpha)

@@ -43,7 +43,12 @@ def reference(fmt: IntFormat, values, masks, scales, zeros):
         if math.isinf(q):
             old = fmt.code_max if q > 0 else fmt.code_min
         else:
-            rounded = math.floor(fl32(Fraction(q) + Fraction(1, 2))) if fmt.rounding == "half_up" else round(Fraction(q))
+            if fmt.rounding == "half_away":  # ties away from zero, |q| + 1/2 in float32 (as QKeras)
+                rounded = int(math.copysign(math.floor(fl32(abs(Fraction(q)) + Fraction(1, 2))), q))
+            elif fmt.rounding == "half_up":
+                rounded = math.floor(fl32(Fraction(q) + Fraction(1, 2)))
+            else:
+                rounded = round(Fraction(q))
             old = min(max(rounded + zero, fmt.code_min), fmt.code_max)
         pattern = (old % (1 << fmt.bits)) ^ mask
         new = pattern - (1 << fmt.bits) if fmt.signed and pattern >= 1 << (fmt.bits - 1) else pattern
@@ -58,7 +63,7 @@ def reference(fmt: IntFormat, values, masks, scales, zeros):
 def cases(draw):
     bits = draw(st.integers(1, 16))
     signed = draw(st.booleans())
-    fmt = IntFormat(bits, signed=signed, rounding=draw(st.sampled_from(["half_even", "half_up"])),
+    fmt = IntFormat(bits, signed=signed, rounding=draw(st.sampled_from(["half_even", "half_up", "half_away"])),
                     range=draw(st.sampled_from(["full", "narrow"])) if signed and bits > 1 else "full")
     k = draw(st.integers(1, 48))
     scale = draw(st.sampled_from([None, 2.0**-20, 1e-3, 0.1, 0.25, 3.3, 16.0, 1e-40])
@@ -110,7 +115,7 @@ def test_codec_xor_equals_the_reference(name, case):
 
 
 @pytest.mark.parametrize("name", CODECS.list())
-@pytest.mark.parametrize("rounding", ["half_even", "half_up"])
+@pytest.mark.parametrize("rounding", ["half_even", "half_up", "half_away"])
 def test_codec_at_exact_halves(name, rounding):
     codec, fmt = CODECS.get(name), IntFormat(8, rounding=rounding)
     for start in range(-300, 300, 64):
@@ -172,6 +177,7 @@ def test_codec_declares_what_it_supports(name):
 
 @pytest.mark.parametrize("name", CODECS.list())
 @pytest.mark.parametrize("fmt", [IntFormat(8), IntFormat(8, signed=False), IntFormat(4, rounding="half_up"),
+                                 IntFormat(6, rounding="half_away"),
                                  IntFormat(12), IntFormat(16), IntFormat(2, range="narrow")])
 @pytest.mark.parametrize("size", [1, 1000, 5000, 70_001])
 def test_codec_square_norm_is_exact(name, fmt, size):

@@ -25,7 +25,7 @@ import torch
 
 from .._errors import QFaultConfigError, check_range
 from ..faults import BitFlip, PlaneBitFlip, RegionBitFlip, corrupt, draw_faults, make_generator
-from ..formats import FixedPoint
+from ..formats import FixedPoint, qkeras_alpha_scale
 
 __all__ = ["quantized_bits", "LayerBitRegion", "FaultyLayerBitRegion", "lb_index_to_wb_index",
            "wb_index_to_lb_index", "gen_lbi_region_at_layer_level", "gen_mask_tensor_random",
@@ -38,18 +38,24 @@ class quantized_bits:  # noqa: N801 - QKeras' name
     """QKeras ``quantized_bits(bits, integer, symmetric, keep_negative, alpha)`` as a callable.
 
     ``E = bits - integer - keep_negative`` fraction bits, round half to even, saturate; the
-    ideal quantized value is returned. ``alpha`` must be None or 1 (per-channel scales are not
-    supported yet).
+    ideal quantized value is returned. ``alpha="auto"`` / ``"auto_po2"`` (with ``symmetric=1``)
+    quantize with per-output-channel scales as QKeras does
+    (:func:`qfault.formats.qkeras_alpha_scale`; dim 0 of a PyTorch weight): flips then act on
+    the narrow-range signed codes ``z`` of ``z * scale``.
 
     Raises:
         QFaultConfigError: ``integer`` above ``bits - keep_negative`` (more integer bits than the
-            code has), ``bits`` outside the format's range, another ``alpha``.
+            code has), ``bits`` outside the format's range, an unknown ``alpha``, ``auto``
+            without ``symmetric``.
     """
 
     def __init__(self, bits: int = 8, integer: int = 0, symmetric: int = 0, keep_negative: int = 1,
                  alpha=None, use_stochastic_rounding: bool = False, **_: object) -> None:
-        if alpha not in (None, 1, 1.0):
-            raise QFaultConfigError("alpha", alpha, "None or 1 (per-channel 'auto' scales are not supported)")
+        if alpha not in (None, 1, 1.0, "auto", "auto_po2"):
+            raise QFaultConfigError("alpha", alpha, "None, 1, 'auto' or 'auto_po2'")
+        if alpha in ("auto", "auto_po2") and not symmetric:
+            raise QFaultConfigError("symmetric", symmetric, "1 with alpha='auto'/'auto_po2' (QKeras implements "
+                                    "only symmetric auto scales)")
         if use_stochastic_rounding:
             raise QFaultConfigError("use_stochastic_rounding", True, "False")
         self.format = FixedPoint(bits=bits, integer=integer, keep_negative=bool(keep_negative),
@@ -60,9 +66,23 @@ class quantized_bits:  # noqa: N801 - QKeras' name
         self.bits, self.integer = bits, integer
         self.symmetric, self.keep_negative, self.alpha = int(bool(symmetric)), int(bool(keep_negative)), alpha
 
+    @property
+    def auto(self) -> bool:
+        return self.alpha in ("auto", "auto_po2")
+
+    def codes_format(self, x: torch.Tensor) -> tuple:
+        """``(format, scale, axis)`` the codes of ``x`` have: the fixed-point format, or with an
+        auto ``alpha`` the narrow int format and ``x``'s per-channel scales."""
+        if not self.auto:
+            return self.format, None, None
+        fmt, scale = qkeras_alpha_scale(x, self.bits, self.alpha, self.integer)
+        return fmt, scale, (0 if scale.dim() else None)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(x)
-        return self.format.decode(self.format.encode(x), dtype=x.dtype if x.is_floating_point() else torch.float32)
+        x = x if x.is_floating_point() else x.to(torch.float32)
+        fmt, scale, axis = self.codes_format(x)
+        return fmt.decode(fmt.encode(x, scale, None, axis), scale, None, axis).to(x.dtype)
 
     def get_config(self) -> dict:
         return {"bits": self.bits, "integer": self.integer, "symmetric": self.symmetric,
@@ -187,13 +207,16 @@ def gen_mask_tensor_deterministic_v3(i_tensor: torch.Tensor, i_flbirs: Sequence,
 # -- quantize and flip ---------------------------------------------------------------------------
 
 def _quantize_and_flip(values, quantizer, fault, seed: int | None) -> torch.Tensor:
-    fmt = _quantizer_format(quantizer)
     x = torch.as_tensor(values)
     x = x if x.is_floating_point() else x.to(torch.float32)
-    quantized = fmt.decode(fmt.encode(x), dtype=x.dtype)
+    if isinstance(quantizer, quantized_bits) and quantizer.auto:
+        fmt, scale, axis = quantizer.codes_format(x)
+    else:
+        fmt, scale, axis = _quantizer_format(quantizer), None, None
+    quantized = fmt.decode(fmt.encode(x, scale, None, axis), scale, None, axis).to(x.dtype)
     if fault is None:
         return quantized
-    faulty, _ = corrupt(quantized, fmt, fault, seed=seed)
+    faulty, _ = corrupt(quantized, fmt, fault, seed=seed, scale=scale, axis=axis)
     return faulty
 
 

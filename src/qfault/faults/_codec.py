@@ -127,10 +127,7 @@ class NumpyCodec:
         if block is None or axis is not None or flat.dtype != np.float32:
             return TORCH.square_norm(fmt, torch.from_numpy(x), scale, zero, axis)
         q = flat / np.float32(scale) if scale is not None else flat.copy()
-        if fmt.rounding == "half_up":
-            np.floor(np.add(q, np.float32(0.5), out=q), out=q)
-        else:
-            np.rint(q, out=q)
+        q = _round_numpy(q, fmt.rounding, in_place=True)
         if zero:
             q += np.float32(zero)
         np.clip(q, np.float32(fmt.code_min), np.float32(fmt.code_max), out=q)  # one pass over the tensor
@@ -261,6 +258,16 @@ def _numpy_ieee(fmt: NumberFormat) -> tuple | None:
     return {torch.float32: (np.float32, np.uint32), torch.float16: (np.float16, np.uint16)}.get(fmt.dtype)
 
 
+def _round_numpy(q: np.ndarray, rounding: str, in_place: bool) -> np.ndarray:
+    """:func:`qfault.formats.round_codes` on a float32 array (in place where allowed)."""
+    if rounding == "half_away":
+        return np.copysign(np.floor(np.abs(q) + np.float32(0.5)), q)
+    if rounding == "half_up":
+        shifted = np.add(q, np.float32(0.5), out=q if in_place else None)
+        return np.floor(shifted, out=shifted)
+    return np.rint(q, out=q if in_place else None)
+
+
 def xor_values_numpy(fmt: NumberFormat, values: np.ndarray, mask: np.ndarray, scale=None, zero=None):
     """The tensor codec of :func:`fault_values` for XOR faults on finite float32 ``values``, in
     numpy: ``(old codes int32, new codes int32, faulty float32)``, bit-identical to the torch path.
@@ -292,10 +299,7 @@ def xor_values_numpy(fmt: NumberFormat, values: np.ndarray, mask: np.ndarray, sc
     else:
         zero = None
     q = values if scale is None else values / scale
-    if fmt.rounding == "half_up":
-        q = np.floor(q + np.float32(0.5))
-    else:
-        q = np.rint(q, out=None if q is values else q)
+    q = _round_numpy(q, fmt.rounding, in_place=q is not values)
     if zero is not None:
         q += zero
     # clamp (np.clip's wrapper costs more than the two ufuncs)
@@ -332,7 +336,10 @@ def xor_scalars(fmt: NumberFormat, values: list[float], masks: list[int], scale:
         if math.isinf(q):  # a quotient beyond float32 clamps to the range's end
             old = fmt.code_max if q > 0 else fmt.code_min
         else:
-            q = math.floor(to_float32(q + 0.5)) if fmt.rounding == "half_up" else round(q)
+            if fmt.rounding == "half_away":
+                q = int(math.copysign(math.floor(to_float32(abs(q) + 0.5)), q))
+            else:
+                q = math.floor(to_float32(q + 0.5)) if fmt.rounding == "half_up" else round(q)
             old = min(max(q + zero, fmt.code_min), fmt.code_max)
         pattern = (old & fmt.bit_mask) ^ mask
         new = (pattern ^ sign) - sign if fmt.signed else pattern

@@ -13,7 +13,7 @@ from .._config import from_dict
 from .._errors import QFaultConfigError
 from .._registry import Registry
 from ._base import NumberFormat, broadcast_param, gather_param
-from ._fixed import FixedPoint
+from ._fixed import FixedPoint, qkeras_alpha_scale
 from ._float import FloatFormat
 from ._int import IntFormat, calibrate, round_codes
 
@@ -63,5 +63,5 @@ def list_formats(pattern: str = "*") -> list[str]:
 
 __all__ = [
     "NumberFormat", "IntFormat", "FixedPoint", "FloatFormat",
-    "get_format", "list_formats", "calibrate", "round_codes", "broadcast_param", "gather_param", "FORMATS",
+    "get_format", "list_formats", "qkeras_alpha_scale", "calibrate", "round_codes", "broadcast_param", "gather_param", "FORMATS",
 ]

@@ -129,3 +129,47 @@ class FixedPoint(NumberFormat):
     def values(self) -> torch.Tensor:
         """Every representable value in code (bit-pattern) order, like QKeras ``range()``."""
         return self.decode(self.all_codes())
+
+
+#: QKeras' ``K.epsilon()``
+_QKERAS_EPSILON = 1e-7
+
+
+def qkeras_alpha_scale(x: torch.Tensor, bits: int, alpha: str, integer: int = 0,
+                       axis: int | None = 0) -> tuple["IntFormat", torch.Tensor]:
+    """QKeras ``quantized_bits(bits, integer, symmetric=1, alpha="auto" | "auto_po2")``: the
+    per-channel scale and the code format it quantizes with.
+
+    Codes are ``z = sign(x) * min(floor(|x| / s + 0.5), 2**(bits-1) - 1)`` (ties away from zero,
+    the narrow signed range), values ``z * s``, one ``s`` per index of ``axis`` (PyTorch's output
+    channel, dim 0; Keras' last axis). As QKeras, on ``x' = x / 2**integer``: ``"auto"``:
+    ``s' = 2 * max|x'| / levels`` with ``levels = 2 * (2**(bits-1) - 1)``; ``"auto_po2"``: that
+    rounded to a power of two, then five least-squares refinements ``s' = po2(mean(x' z) /
+    (mean(z z) + 1e-7))``; ``s = s' * 2**integer``. All in float32. A channel of zeros gets
+    ``s = 1`` (QKeras divides by zero there).
+
+    Returns:
+        ``(IntFormat(bits, rounding="half_away", range="narrow"), scale)``, scale float32 ``[C]``
+        (or 0-d with ``axis=None``).
+    """
+    from .._errors import check_choice
+    from ._int import IntFormat
+
+    check_choice("alpha", alpha, ("auto", "auto_po2"))
+    fmt = IntFormat(bits=bits, signed=True, rounding="half_away", range="narrow")
+    x = x.detach().to(torch.float32) / (2.0 ** integer)
+    rows = x.reshape(1, -1) if axis is None or x.dim() < 2 else x.movedim(axis, 0).reshape(x.shape[axis], -1)
+    levels = 2 * fmt.code_max
+    scale = rows.abs().amax(dim=1) * 2 / levels
+    if alpha == "auto_po2":
+        def po2(s: torch.Tensor) -> torch.Tensor:
+            return torch.pow(2.0, torch.round(torch.log(s + _QKERAS_EPSILON) / float(torch.log(torch.tensor(2.0)))))
+
+        scale = po2(scale)
+        for _ in range(5):
+            z = torch.copysign(torch.minimum(torch.floor(rows.abs() / scale[:, None] + 0.5),
+                                             torch.tensor(levels / 2)), rows)
+            qx, qq = (rows * z).mean(dim=1), (z * z).mean(dim=1)
+            scale = po2(qx / (qq + _QKERAS_EPSILON))
+    scale = torch.where(scale > 0, scale * (2.0 ** integer), torch.ones_like(scale))
+    return fmt, (scale.reshape(()) if axis is None or x.dim() < 2 else scale)

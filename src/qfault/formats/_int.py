@@ -15,12 +15,16 @@ import torch
 from .._errors import QFaultConfigError, check_choice
 from ._base import NumberFormat, broadcast_param
 
-ROUNDINGS = ("half_even", "half_up")
+ROUNDINGS = ("half_even", "half_up", "half_away")
 RANGES = ("full", "narrow")
 
 
 def round_codes(x: torch.Tensor, rounding: str) -> torch.Tensor:
-    """Round to integers: ``half_even`` (torch.round) or ``half_up`` (floor(x + 0.5))."""
+    """Round to integers: ``half_even`` (torch.round), ``half_up`` (floor(x + 0.5)) or
+    ``half_away`` (ties away from zero: sign(x) * floor(|x| + 0.5), as QKeras' auto-scaled
+    quantizers round)."""
+    if rounding == "half_away":
+        return x.abs().add_(0.5).floor_().copysign_(x)
     if rounding == "half_up":
         return torch.floor(x + 0.5)
     return torch.round(x)
@@ -33,7 +37,8 @@ class IntFormat(NumberFormat):
     Args:
         bits: code width, 1 to 16.
         signed: two's complement codes if True, else unsigned ``0 .. 2**bits - 1``.
-        rounding: ``"half_even"`` (torch.round) or ``"half_up"`` (floor(x + 0.5)).
+        rounding: ``"half_even"`` (torch.round), ``"half_up"`` (floor(x + 0.5)) or
+            ``"half_away"`` (ties away from zero).
         range: ``"full"`` clamps to ``[-2**(b-1), 2**(b-1) - 1]``; ``"narrow"`` to
             ``[-(2**(b-1) - 1), 2**(b-1) - 1]`` (signed only; unsigned ignores it).
 
@@ -117,7 +122,11 @@ class IntFormat(NumberFormat):
         q = x / broadcast_param(scale, x, axis) if scale is not None else x.clone()
         # in place on the fresh quotient; NaN -> 0 (the cast of NaN to int is undefined), ±inf
         # become ±max-float, the same clamp result
-        q = (q.add_(0.5).floor_() if self.rounding == "half_up" else q.round_()).nan_to_num_(nan=0.0)
+        if self.rounding == "half_away":
+            q = q.abs().add_(0.5).floor_().copysign_(q)
+        else:
+            q = q.add_(0.5).floor_() if self.rounding == "half_up" else q.round_()
+        q = q.nan_to_num_(nan=0.0)
         if zero_point is not None and not (isinstance(zero_point, int) and zero_point == 0):
             q = q.add_(broadcast_param(zero_point, x, axis))
         return q.clamp_(self.code_min, self.code_max)
