@@ -217,3 +217,21 @@ def test_strings_are_accepted_as_ber_and_a_float_model_is_refused():
     swap_modules(unset, LsqConfig(weight_bits=None, act_bits=None, fixed_bits=None))
     with pytest.raises(QFaultConfigError, match="QuanConv2d"):
         FaultInjector(unset, ber=1e-3)
+
+
+def test_unseeded_faults_follow_the_global_torch_seed():
+    """Without a seed every forward draws new faults; torch.manual_seed makes a run repeatable."""
+    from qfault.compat.rfq import FaultInjector
+
+    model = load_model()
+    x = torch.randn(4, 1, 8, 8)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        injector = FaultInjector(model, ber=0.02, enable_in_training=False)
+        injector.enable()
+        with torch.no_grad():
+            runs.append([model(x), model(x)])
+        injector.disable()
+    assert not torch.equal(runs[0][0], runs[0][1])
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])

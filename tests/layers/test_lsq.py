@@ -245,3 +245,18 @@ def test_a_resnet18_converts_with_its_stem_and_classifier_fixed(library):
     assert out.shape == (2, 10) and torch.isfinite(out).all()
     handle.remove()
     assert [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)] == convs
+
+
+def test_a_step_pushed_through_zero_still_quantizes():
+    """An optimizer may drive the learned step negative; the quantizer computes with |s|, so an
+    unsigned activation quantizer does not collapse to zeros with zero gradient."""
+    quantizer = LsqQuantizer(all_positive=True)
+    x = torch.rand(50) * 3
+    positive = quantizer(x, 4)
+    with torch.no_grad():
+        quantizer.s[3].neg_()
+    assert float(quantizer.s[3]) < 0 and float(quantizer.get_scale(4)) > 0
+    assert torch.equal(quantizer(x, 4), positive)
+    y = x.clone().requires_grad_()
+    quantizer(y, 4).sum().backward()
+    assert y.grad.abs().sum() > 0 and quantizer.s.grad[3] != 0

@@ -102,6 +102,7 @@ class FaultInjector:
         self.activations = activations
         self.layer_names()  # a model without quantized layers is an error now, not at enable()
         self._handle = None
+        self._unseeded: int | None = None
 
     def layer_names(self) -> list[str]:
         """The layers faulted: LSQ layers whose bit widths are set, in module order."""
@@ -121,8 +122,9 @@ class FaultInjector:
         active_in = "both" if self.enable_in_training and self.enable_in_inference else (
             "train" if self.enable_in_training else "eval")
         names = tuple(self.layer_names())
+        seed = self.seed if self.seed is not None else self._unseeded
         common = dict(fault=BitFlip(ber=self.ber, nested=True), names=names, active_in=active_in, gradient="ste",
-                      persistence="permanent" if self.seed is not None else "transient", seed=self.seed,
+                      persistence="permanent" if self.seed is not None else "transient", seed=seed,
                       track_statistics=False)
         sites = ("weight", "input") if self.activations else ("weight",)
         return [InjectSpec(site=site, **common) for site in sites]
@@ -138,8 +140,13 @@ class FaultInjector:
         return self._handle
 
     def enable(self) -> None:
-        """Start injecting (again); the layers and their bit widths are read now."""
+        """Start injecting (again); the layers and their bit widths are read now. Without a
+        ``seed``, the faults of every forward derive from one number drawn now from torch's
+        global generator, so ``torch.manual_seed`` makes an unseeded run repeatable (as the seed
+        tool's use of the global generator does)."""
         if self._handle is None:
+            if self.seed is None:
+                self._unseeded = int(torch.randint(1 << 62, (1,)))
             specs = self.specs()
             self._handle = inject(self.model, specs) if specs else None
 

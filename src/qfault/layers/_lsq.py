@@ -12,7 +12,8 @@ layer sees signed inputs (the first layer, by default).
 A layer's bit widths are ``fixed_bits = (weight, activation)`` where set (the first and last
 layer, 8/8 by default), else ``bits``, set per layer from a bit-width search
 (:func:`set_bit_width`, :func:`load_bit_width_config`); a layer with neither computes in float.
-The quantizer keeps one step per bit width (1 to 16), initialised from the first tensor it
+The quantizer keeps one step per bit width (1 to 16; it computes with ``|s|``, so an optimizer
+step through zero cannot break it), initialised from the first tensor it
 quantizes at that width (``2 * mean|x| / sqrt(hi)``, ``hi`` read as ``|lo|`` for 1-bit signed codes), so bit widths may change at any time.
 """
 
@@ -47,6 +48,17 @@ def _grad_scale(x: torch.Tensor, factor: float) -> torch.Tensor:
     """``x`` forward (exactly), gradient times ``factor`` backward."""
     scaled = x * factor
     return x.detach() + (scaled - scaled.detach())
+
+
+#: the smallest step a quantizer uses
+MIN_STEP = 1e-8
+
+
+def _positive(step: torch.Tensor) -> torch.Tensor:
+    """The step the quantizer computes with: ``max(|s|, MIN_STEP)``. An optimizer may push the
+    learned ``s`` through zero; a negative step would turn an unsigned quantizer's outputs into
+    zeros with zero gradient, from which training never recovers."""
+    return step.abs().clamp_min(MIN_STEP)
 
 
 def _check_width(field: str, bits) -> int:
@@ -95,8 +107,8 @@ class LsqQuantizer(nn.Module):
         return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
     def get_scale(self, bits: int, detach: bool = True) -> torch.Tensor:
-        """The step size at ``bits``: a 0-d tensor, or ``[channels]`` per channel."""
-        step = self.s[_check_width("bits", bits) - 1]
+        """The step size at ``bits`` (positive): a 0-d tensor, or ``[channels]`` per channel."""
+        step = _positive(self.s[_check_width("bits", bits) - 1])
         step = step if self.per_channel else step.reshape(())
         return step.detach() if detach else step
 
@@ -116,7 +128,7 @@ class LsqQuantizer(nn.Module):
         levels = hi if hi > 0 else -lo  # Q_P of the paper; |lo| for 1-bit signed codes, whose hi is 0
         if not bool(self.init_state[bits - 1]):
             self._initialise(x, bits, levels)
-        step = self.s[bits - 1]
+        step = _positive(self.s[bits - 1])
         shape = (-1,) + (1,) * (x.dim() - 1) if self.per_channel and x.dim() > 1 else ()
         if not torch.is_grad_enabled() or not (x.requires_grad or step.requires_grad):
             step = step.reshape(shape)  # no autograd: the same values without the estimator's extra ops
