@@ -27,6 +27,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_mitigation.py
 	$(BIN)/python bench/bench_statistics.py
 	$(BIN)/python bench/bench_specs.py
+	$(BIN)/python bench/bench_lsq.py
+	$(BIN)/python bench/bench_lsq_accuracy.py
+	$(BIN)/python bench/bench_sensitivity.py
 
 clean:
 	rm -rf $(VENV) demo-results

@@ -1147,3 +1147,49 @@ def test_statistics_under_inference_mode(site):
     layers = handle.statistics().to_dict()["layers"]
     assert all(layer["forwards"] == 2 for layer in layers.values())
     assert sum(layer["injected_count"] for layer in layers.values()) > 0
+
+
+class _Interrupting(torch.nn.Module):
+    """A model whose forward can be interrupted half-way, as Ctrl-C interrupts it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.second = torch.nn.Linear(8, 8), torch.nn.Linear(8, 4)
+        self.interrupt = False
+
+    def forward(self, x):
+        x = self.first(x)
+        if self.interrupt:
+            raise KeyboardInterrupt
+        return self.second(x)
+
+
+@pytest.mark.parametrize("after", ["disable", "forward", "remove", "reset", "enable", "state_dict"])
+def test_a_forward_interrupted_by_keyboard_interrupt_leaves_nothing_stale(after):
+    model = _Interrupting()
+    clean_state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        clean = model(x)
+        handle = inject(model, InjectSpec(fault=BitFlip(ber=0.2), site="weight", format="int8", seed=1))
+        faulty_before = model(x)
+        model.interrupt = True
+        with pytest.raises(KeyboardInterrupt):
+            model(x)
+        model.interrupt = False
+        if after == "state_dict":  # saving a checkpoint right after the interrupt
+            assert all(torch.equal(v, clean_state[k]) for k, v in model.state_dict().items())
+        elif after != "forward":
+            getattr(handle, after)()
+        if after in ("disable", "remove"):
+            assert all(torch.equal(v, clean_state[k]) for k, v in model.state_dict().items())
+            assert torch.equal(model(x), clean)
+        else:
+            out = model(x)  # a fresh forward: new faults, set up and undone as usual
+            assert not torch.equal(out, clean) and not torch.equal(out, faulty_before)
+            assert all(torch.equal(v, clean_state[k]) for k, v in model.state_dict().items())
+            handle.disable()
+            assert torch.equal(model(x), clean)
+        handle.remove()
+    assert all(torch.equal(v, clean_state[k]) for k, v in model.state_dict().items())

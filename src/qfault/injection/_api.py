@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import sys
 from typing import Any, Sequence
 
 import torch
@@ -41,6 +42,8 @@ class InjectionHandle(RemovableHandle):
         self._param_sites: list[SiteRuntime] = []
         self._listeners: list = []
         self._depth = 0
+        #: the frame that called the injected model's outermost running forward (None between forwards)
+        self._outer_frame = None
         self._site_counts: list[int] = []
         self._per_forward: list[int] = []
         self._run_hooks: dict[int, list] = {}      # spec id -> hooks of its random_per_run layer
@@ -53,16 +56,19 @@ class InjectionHandle(RemovableHandle):
     # -- public ------------------------------------------------------------------------------
     def enable(self) -> "InjectionHandle":
         """Turn faults on (the default after :func:`inject`)."""
+        self._recover_interrupted()
         self.enabled = True
         return self
 
     def disable(self) -> "InjectionHandle":
         """Turn faults off; the model computes cleanly, hooks stay attached."""
+        self._recover_interrupted()
         self.enabled = False
         return self
 
     def reset(self) -> "InjectionHandle":
         """Redraw permanent faults (and the random layer of ``random_per_run``)."""
+        self._recover_interrupted()
         self.generation += 1
         for site in self.sites:
             site.permanent_draws.clear()
@@ -77,6 +83,7 @@ class InjectionHandle(RemovableHandle):
         """Detach every hook; the model is bit-exactly as before :func:`inject`."""
         if self._removed:
             return
+        self._depth, self._outer_frame = 0, None
         self._undo_forward()
         for hooks in self._run_hooks.values():
             for hook in hooks:
@@ -164,10 +171,29 @@ class InjectionHandle(RemovableHandle):
             return [site.module for site in self._param_sites]
         return [model.get_submodule(site.name) for site in self._param_sites]
 
+    def _outer_forward_running(self) -> bool:
+        """Whether the forward that set up this forward's faults is still on the call stack."""
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame is self._outer_frame:
+                return True
+            frame = frame.f_back
+        return False
+
+    def _recover_interrupted(self) -> None:
+        """Undo a forward that ended without its after-forward hook (a ``KeyboardInterrupt`` or
+        other ``BaseException``: torch runs always-call hooks only for ``Exception``): restore
+        the faulted parameters and drop its per-forward hooks, so nothing stale remains."""
+        if self._depth and not self._outer_forward_running():
+            self._depth, self._outer_frame = 0, None
+            self._undo_forward()
+
     def _on_model_forward(self, model, args) -> None:
+        self._recover_interrupted()
         self._depth += 1
         if self._depth > 1:  # a re-entrant call: the outer forward already set everything up
             return
+        self._outer_frame = sys._getframe(1)
         self.forward_count += 1
         for spec_id in self._per_forward:
             site = self._site_of(spec_id, self._choose_layer(spec_id, "forward", self.forward_count))
@@ -179,6 +205,7 @@ class InjectionHandle(RemovableHandle):
     def _after_model_forward(self, model, args, out) -> None:
         self._depth = max(0, self._depth - 1)
         if self._depth == 0:
+            self._outer_frame = None
             self._undo_forward()
 
     def _undo_forward(self) -> None:
@@ -310,6 +337,9 @@ def _inject(model: nn.Module, specs: list[InjectSpec], selections: list[list[tup
         handle.param_groups = ParamGroup.build(handle)
         handle._undo.append(model.register_forward_pre_hook(handle._on_model_forward).remove)
         handle._undo.append(model.register_forward_hook(handle._after_model_forward, always_call=True).remove)
+        # a checkpoint written after an interrupted forward must hold the clean weights
+        handle._undo.append(model.register_state_dict_pre_hook(
+            lambda module, prefix, keep_vars: handle._recover_interrupted()).remove)
         handle._choose_layers(0)
     except Exception:
         handle.remove()
