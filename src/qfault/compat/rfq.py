@@ -123,7 +123,10 @@ class FaultInjector:
             "train" if self.enable_in_training else "eval")
         names = tuple(self.layer_names())
         seed = self.seed if self.seed is not None else self._unseeded
-        common = dict(fault=BitFlip(ber=self.ber, nested=True), names=names, active_in=active_in, gradient="ste",
+        # nesting across BER values matters for a fixed pattern; redrawn every forward, the
+        # plain Bernoulli draw (the same distribution) is cheaper
+        fault = BitFlip(ber=self.ber, nested=self.seed is not None)
+        common = dict(fault=fault, names=names, active_in=active_in, gradient="ste",
                       persistence="permanent" if self.seed is not None else "transient", seed=seed,
                       track_statistics=False)
         sites = ("weight", "input") if self.activations else ("weight",)
