@@ -16,7 +16,8 @@ def to_dict(config: Any) -> dict[str, Any]:
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if dataclasses.is_dataclass(value) and hasattr(value, "type_name"):
-            value = to_dict(value)
+            # the value's own to_dict where it has one (it may leave out fields at their defaults)
+            value = value.to_dict() if callable(getattr(value, "to_dict", None)) else to_dict(value)
         elif isinstance(value, tuple):
             value = [list(v) if isinstance(v, tuple) else v for v in value]
         out[field.name] = value
