@@ -255,7 +255,7 @@ def test_a_step_pushed_through_zero_still_quantizes():
     positive = quantizer(x, 4)
     with torch.no_grad():
         quantizer.s[3].neg_()
-    assert float(quantizer.s[3]) < 0 and float(quantizer.get_scale(4)) > 0
+    assert float(quantizer.s[3].detach()) < 0 and float(quantizer.get_scale(4)) > 0
     assert torch.equal(quantizer(x, 4), positive)
     y = x.clone().requires_grad_()
     quantizer(y, 4).sum().backward()
