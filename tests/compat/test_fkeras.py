@@ -78,7 +78,6 @@ def test_random_flips_are_an_exact_count_and_seeded():
 
 
 def test_regions_honour_end_and_ber():
-    quantizer = quantized_bits(4, 1)
     x = torch.zeros(10)
     region = gen_lbi_region_at_layer_level(x, 4, 0.5)
     assert (region[0].start_lbi, region[0].end_lbi, region[0].ber) == (0, 39, 0.5)

@@ -12,11 +12,15 @@ format and is refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .._errors import QFaultConfigError
 from ._base import NumberFormat
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._int import IntFormat
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,7 @@ _QKERAS_EPSILON = 1e-7
 
 
 def qkeras_alpha_scale(x: torch.Tensor, bits: int, alpha: str, integer: int = 0,
-                       axis: int | None = 0) -> tuple["IntFormat", torch.Tensor]:
+                       axis: int | None = 0) -> "tuple[IntFormat, torch.Tensor]":
     """QKeras ``quantized_bits(bits, integer, symmetric=1, alpha="auto" | "auto_po2")``: the
     per-channel scale and the code format it quantizes with.
 

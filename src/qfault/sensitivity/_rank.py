@@ -32,7 +32,7 @@ from .._errors import QFaultConfigError, check_bool, check_range
 from .._registry import Registry
 from ..formats import NumberFormat, get_format
 from ._curvature import Curvature
-from ._views import LeafForward, WeightView, weight_views
+from ._views import LeafForward, weight_views
 
 #: name -> ``fn(views, curvature, config) -> (param scores per view | None, bit scores per view | None, extras)``
 METHODS: Registry = Registry("sensitivity method")
