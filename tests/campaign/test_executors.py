@@ -231,3 +231,18 @@ def test_ray_executor_fails_clearly_when_the_cluster_cannot_place_its_workers(ra
     assert ray_cluster.is_initialized()
     with pytest.raises(QFaultConfigError, match="num_workers"):
         RayExecutor(num_workers=0)
+
+
+@pytest.mark.ray
+def test_gpus_per_worker_without_gpus_is_refused_at_once(ray_cluster):
+    """No waiting for GPUs the cluster does not have: the check comes before any actor is placed
+    (it used to wait start_timeout_s, then name num_workers)."""
+    from qfault.campaign import RayExecutor
+
+    if ray_cluster.cluster_resources().get("GPU", 0):
+        pytest.skip("this cluster has GPUs")
+    executor = RayExecutor(num_workers=2, num_gpus_per_worker=1, start_timeout_s=300.0)
+    with pytest.raises(QFaultConfigError, match=r"num_gpus_per_worker=1 is invalid: allowed at most the Ray "
+                                                r"cluster's GPUs \(0\) across 2 worker\(s\) \(no GPU here"):
+        list(executor.map(abs, [1]))
+    assert executor._actors == [] and ray_cluster.is_initialized()

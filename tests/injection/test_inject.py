@@ -1193,3 +1193,10 @@ def test_a_forward_interrupted_by_keyboard_interrupt_leaves_nothing_stale(after)
             assert torch.equal(model(x), clean)
         handle.remove()
     assert all(torch.equal(v, clean_state[k]) for k, v in model.state_dict().items())
+
+
+def test_a_bad_regular_expression_in_names_is_a_config_error():
+    with pytest.raises(QFaultConfigError, match=r"names='re:\(\(' is invalid: allowed shell globs or 're:<regex>' "
+                                                r"with a valid regular expression \(missing \)"):
+        InjectSpec(fault=BitFlip(ber=0.1), names=("conv*", "re:(("))
+    assert InjectSpec(fault=BitFlip(ber=0.1), names=("re:layer[0-9]+",)).names == ("re:layer[0-9]+",)

@@ -128,8 +128,15 @@ class RayExecutor:
             ray.init(address=self.address, **kwargs)
             self._started_ray = True
         workers = self.num_workers
+        resources = ray.cluster_resources()
+        gpus = resources.get("GPU", 0)
+        if self.num_gpus_per_worker > 0 and gpus < self.num_gpus_per_worker * (workers or 1):
+            # refuse now: Ray would wait for GPUs that the cluster does not have
+            self.close()
+            raise QFaultConfigError("num_gpus_per_worker", self.num_gpus_per_worker,
+                                    f"at most the Ray cluster's GPUs ({gpus:g}) across {workers or 1} worker(s)",
+                                    hint="no GPU here: run without GPUs per worker" if not gpus else None)
         if workers is None:
-            resources = ray.cluster_resources()
             if self.num_gpus_per_worker > 0:
                 workers = int(resources.get("GPU", 0) // self.num_gpus_per_worker)
             elif self.num_cpus_per_worker > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -121,6 +122,13 @@ class InjectSpec:
                                         "None for output/input sites (activations are calibrated per tensor)")
         set_("types", _as_tuple("types", self.types, (str, type)))
         set_("names", _as_tuple("names", self.names, (str,)))
+        for pattern in self.names or ():
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as exc:
+                    raise QFaultConfigError("names", pattern, "shell globs or 're:<regex>' with a valid regular "
+                                            "expression", hint=str(exc)) from None
         set_("indices", _as_tuple("indices", self.indices, (int,)))
         check_choice("layer_mode", self.layer_mode, LAYER_MODES)
         if self.persistence is not None:
