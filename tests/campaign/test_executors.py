@@ -85,6 +85,17 @@ def test_ray_flags_need_the_ray_executor(tmp_path, capsys):
     assert not (tmp_path / "t.db").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPUs")
+def test_gpus_per_worker_on_a_machine_without_gpus_is_refused_before_anything(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(spec_dict(tmp_path)))
+    code = main(["campaign", "run", str(path), "--no-progress", "--executor", "ray", "--gpus-per-worker", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qfault: error: --gpus-per-worker=1.0 is invalid: allowed at most this machine's 0 GPU(s)")
+    assert not (tmp_path / "t.db").exists()
+
+
 # -- Parquet ----------------------------------------------------------------------------------
 
 def read_csv(path: Path) -> list[list[str]]:

@@ -104,5 +104,13 @@ def _executor(args: argparse.Namespace) -> Any:
         return None
     from ..campaign import RayExecutor
 
-    return RayExecutor(address=args.address, num_workers=args.workers,
-                       num_gpus_per_worker=getattr(args, "gpus_per_worker", 0.0) or 0)
+    gpus_per_worker = getattr(args, "gpus_per_worker", 0.0) or 0
+    if gpus_per_worker > 0 and args.address is None:  # a local cluster: its GPUs are this machine's
+        import torch
+
+        have, need = torch.cuda.device_count(), gpus_per_worker * (args.workers or 1)
+        if have < need:
+            raise QFaultConfigError("--gpus-per-worker", gpus_per_worker,
+                                    f"at most this machine's {have} GPU(s) across {args.workers or 1} worker(s)",
+                                    hint="no GPU here: leave --gpus-per-worker out" if not have else None)
+    return RayExecutor(address=args.address, num_workers=args.workers, num_gpus_per_worker=gpus_per_worker)
