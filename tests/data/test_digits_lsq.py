@@ -84,3 +84,21 @@ def test_paired_sweep_points_share_seeds_and_nested_faults_grow(tmp_path):
         assert changed == sorted(changed) and changed[0] < changed[-1]  # the nested flips only grow
     with pytest.raises(QFaultConfigError, match="paired='fault.bits' is invalid: allowed sweep paths: fault.ber"):
         CampaignSpec.from_dict({**base, "paired": ["fault.bits"]})
+
+
+def test_a_changed_bit_width_file_is_a_new_cache_entry(tmp_path):
+    import json
+
+    path = tmp_path / "bits.json"
+    path.write_text(json.dumps({"configurations": [{"weight_bits": [4, 4, 4], "act_bits": [4, 4, 4]}]}))
+    cache = tmp_path / "cache"
+    _, trained = load_demo_model("digits_lsq", epochs=1, cache=cache, model_kwargs={"bit_widths": str(path)},
+                                 log=lambda *_: None)
+    _, again = load_demo_model("digits_lsq", epochs=1, cache=cache, model_kwargs={"bit_widths": str(path)},
+                               log=lambda *_: None)
+    assert trained and not again  # the same file: the cached model
+    path.write_text(json.dumps({"configurations": [{"weight_bits": [2, 2, 2], "act_bits": [4, 4, 4]}]}))
+    model, retrained = load_demo_model("digits_lsq", epochs=1, cache=cache, model_kwargs={"bit_widths": str(path)},
+                                       log=lambda *_: None)
+    assert retrained and len(list(cache.iterdir())) == 2
+    assert [layer.bit_widths() for _, layer in lsq_layers(model)][1:4] == [(2, 4)] * 3

@@ -276,8 +276,8 @@ def load_demo_model(name: str = "digits_cnn", *, epochs: int | None = None, cach
             seed 0 where a spec has none), e.g. ``[{"fault": {"type": "bit_flip", "ber": 1e-3},
             "site": "weight"}]``: transient faults are redrawn on every training step.
 
-    Models built with other ``model_kwargs`` or trained with other ``train_faults`` are cached
-    under their own file names.
+    Models built with other ``model_kwargs`` (a file among them by its content) or trained with
+    other ``train_faults`` are cached under their own file names.
 
     Returns:
         ``(model, trained_now)``.
@@ -290,8 +290,11 @@ def load_demo_model(name: str = "digits_cnn", *, epochs: int | None = None, cach
     specs = _training_specs(train_faults)
     variant = ""
     if model_kwargs or specs:  # a variant: its own cache file, named by what makes it one
-        key = json.dumps({"model": model_kwargs, "train_faults": [spec.to_dict() for spec in specs]},
-                         sort_keys=True, default=str)
+        # files among the arguments (e.g. a bit-width JSON) count by their content, not their path
+        files = {k: hashlib.sha256(Path(v).read_bytes()).hexdigest() for k, v in model_kwargs.items()
+                 if isinstance(v, (str, os.PathLike)) and Path(v).is_file()}
+        key = json.dumps({"model": model_kwargs, "files": files,
+                          "train_faults": [spec.to_dict() for spec in specs]}, sort_keys=True, default=str)
         variant = "_" + hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
     path = cache_dir(cache) / f"{name}_w8a8_e{epochs}{variant}.pt"
     model = build_model(name, **model_kwargs)
