@@ -171,8 +171,9 @@ class _LsqLayer:
                 self.bias.copy_(source.bias)
         self.bits = None if bits is None else _check_pair("bits", bits)
         self.fixed_bits = None if fixed_bits is None else _check_pair("fixed_bits", fixed_bits)
-        self.quan_w_fn = LsqQuantizer(per_channel=per_channel, channels=channels)
-        self.quan_a_fn = LsqQuantizer(all_positive=not act_signed)
+        device = source.weight.device  # the steps live where the layer does
+        self.quan_w_fn = LsqQuantizer(per_channel=per_channel, channels=channels).to(device)
+        self.quan_a_fn = LsqQuantizer(all_positive=not act_signed).to(device)
 
 
 def _check_pair(field: str, pair) -> tuple[int, int]:
