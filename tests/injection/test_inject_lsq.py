@@ -198,8 +198,13 @@ def test_unset_layers_need_a_format_like_any_float_layer():
     model[2].bits = None
     with pytest.raises(QFaultConfigError, match="format"):
         qfault.inject(model, InjectSpec(fault=BitFlip(ber=0.1), site="weight", seed=0))
-    with qfault.inject(model, InjectSpec(fault=BitFlip(ber=0.1), site="weight", format="int8", names=("2",))):
-        model(torch.randn(1, 1, 8, 8))
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        clean = model(x)
+        with qfault.inject(model, InjectSpec(fault=BitFlip(ber=0.1), site="weight", format="int8", names=("2",),
+                                             seed=0)):
+            assert not torch.equal(model(x), clean)  # the float weights viewed as int8 codes
+        assert torch.equal(model(x), clean)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -144,6 +144,12 @@ def test_quantized_layers_use_their_own_codes_and_top_bits_become_fault_specs():
     ranking = rank_bits(model, (x, y), method="delta", names=("3", "6"))
     assert [(name, bits) for name, _, bits in ranking.tensors] == [("3.weight", 6), ("6.weight", 4)]
     assert len(ranking) == 16 * 32 * 9 * 6 + 32 * 32 * 9 * 4
+    ranks = ranking.rank_of()
+    for t, (_, shape, bits) in enumerate(ranking.tensors):
+        mine = ranking.tensor == t
+        assert ranks[t].shape == (int(np.prod(shape)), bits)
+        assert np.array_equal(ranks[t][ranking.element[mine], ranking.bit[mine]], np.flatnonzero(mine))
+    assert sorted(np.concatenate([r.reshape(-1) for r in ranks]).tolist()) == list(range(len(ranking)))
     specs = ranking.fault_specs(5)
     flipped = set()
     with qfault.inject(model, [qfault.InjectSpec.from_dict(s) for s in specs]) as handle:

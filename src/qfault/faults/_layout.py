@@ -23,30 +23,35 @@ def keras_permutation(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(range(2, len(shape))) + (1, 0)
 
 
+def _keras_shape(shape: tuple[int, ...], layout: str) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """``(permutation, Keras shape)`` where ``layout`` reorders a tensor of ``shape``, else None."""
+    check_choice("layout", layout, LAYOUTS)
+    perm = keras_permutation(shape)
+    if layout == "torch" or perm == tuple(range(len(shape))):
+        return None
+    return perm, tuple(shape[d] for d in perm)
+
+
 def to_torch_index(index: np.ndarray, shape: tuple[int, ...], layout: str) -> np.ndarray:
     """Flat ``layout`` indices of a PyTorch tensor of ``shape`` as flat PyTorch indices (int64)."""
-    check_choice("layout", layout, LAYOUTS)
     index = np.asarray(index, dtype=np.int64)
-    perm = keras_permutation(shape)
-    if layout == "torch" or perm == tuple(range(len(shape))) or index.size == 0:
+    order = _keras_shape(shape, layout)
+    if order is None or index.size == 0:
         return index
-    keras_shape = tuple(shape[d] for d in perm)
+    perm, keras_shape = order
     keras_coords = np.unravel_index(index, keras_shape)
-    torch_coords = [None] * len(shape)
-    for position, dim in enumerate(perm):
-        torch_coords[dim] = keras_coords[position]
+    torch_coords = [keras_coords[perm.index(dim)] for dim in range(len(shape))]
     return np.ravel_multi_index(torch_coords, shape).astype(np.int64)
 
 
 def from_torch_index(index: np.ndarray, shape: tuple[int, ...], layout: str) -> np.ndarray:
     """Flat PyTorch indices of a tensor of ``shape`` as flat ``layout`` indices (int64)."""
-    check_choice("layout", layout, LAYOUTS)
     index = np.asarray(index, dtype=np.int64)
-    perm = keras_permutation(shape)
-    if layout == "torch" or perm == tuple(range(len(shape))) or index.size == 0:
+    order = _keras_shape(shape, layout)
+    if order is None or index.size == 0:
         return index
+    perm, keras_shape = order
     torch_coords = np.unravel_index(index, shape)
-    keras_shape = tuple(shape[d] for d in perm)
     return np.ravel_multi_index([torch_coords[d] for d in perm], keras_shape).astype(np.int64)
 
 

@@ -149,7 +149,7 @@ def nested_bernoulli_array(n: int, p: float, generator: torch.Generator) -> np.n
         if before < size:
             break
         clock, size = float(times[-1]), size * 2
-    hit = _sorted_unique(np.concatenate(found)) if len(found) > 1 else _sorted_unique(found[0])
+    hit = _sorted_unique(np.concatenate(found))
     if p > _NESTED_SPARSE_MAX:
         share = (p - _NESTED_SPARSE_MAX) / (1.0 - _NESTED_SPARSE_MAX)
         uniforms = torch.rand(n, generator=torch.Generator().manual_seed(words[1]), dtype=torch.float64)

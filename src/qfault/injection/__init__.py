@@ -2,7 +2,7 @@
 
 from ._adapters import (
     ADAPTERS, QuantAdapter, default_activation_types, is_lsq_layer, is_quantized, lsq_bit_widths, quantized_bits,
-    quantized_format, quantizer_name, quantizer_of, register_adapter,
+    quantized_format, quantizer_name, quantizer_of, quantizer_output_format, register_adapter,
     tensor_value,
     with_value,
 )
@@ -16,7 +16,7 @@ from ._stats import SiteStats, Statistics
 
 __all__ = ["inject", "ModelBits", "BitTensor", "InjectSpec", "InjectionHandle", "Site", "Mode", "Statistics", "SiteStats",
            "select_modules", "replace_at",
-           "ADAPTERS", "QuantAdapter", "register_adapter", "quantizer_name", "quantizer_of", "quantized_format", "is_lsq_layer",
+           "ADAPTERS", "QuantAdapter", "register_adapter", "quantizer_name", "quantizer_of", "quantized_format", "quantizer_output_format", "is_lsq_layer",
            "lsq_bit_widths", "quantized_bits", "is_quantized", "tensor_value",
            "with_value", "default_activation_types", "register_config", "CONFIG_HANDLERS", "SITES", "SiteKind",
            "matches_name", "matches_type"]

@@ -319,3 +319,15 @@ def quantized_format(x: Any, where: str) -> tuple[IntFormat, torch.Tensor, torch
             "format", None, f"a number format for the {float(x.bit_width):g}-bit {adapter.tensor_name} at "
             f"{where} (own formats are used up to 16 bits)",
             hint="give the spec a format, e.g. int8, or select other layers") from None
+
+
+def quantizer_output_format(adapter: QuantAdapter, quantizer: nn.Module, args: tuple, kwargs: dict, out: Any,
+                            where: str) -> tuple[IntFormat, Any, Any, int | None] | None:
+    """``(format, scale, zero point, axis)`` of what ``quantizer`` (found by ``adapter``)
+    returned for a call with ``args``/``kwargs``: a quantized tensor's own parameters, else what
+    the adapter reads from the call; None where the call quantized nothing. ``where`` names the
+    site in errors."""
+    if adapter.is_quantized(out):
+        fmt, scale, zero = quantized_format(out, where)
+        return fmt, scale, zero, None
+    return adapter.output_qparams(quantizer, args, kwargs, out)

@@ -22,7 +22,7 @@ from ..faults import (
     make_generator, scalar_param, to_float32,
 )
 from ..formats import NumberFormat, calibrate, gather_param
-from ._adapters import adapter_of, owned_by_adapter, quantized_format
+from ._adapters import adapter_of, owned_by_adapter, quantized_format, quantizer_output_format
 from ._grad import replace_at
 from ._spec import InjectSpec, Mode
 from ._stats import SiteStats
@@ -676,13 +676,10 @@ def quant_output_hook(site: SiteRuntime, adapter, batched: bool):
     def hook(m, args, kwargs, out):
         if not site.active(owner.training):
             return None
-        if adapter.is_quantized(out):  # a quantized tensor carries its own parameters
-            (fmt, scale, zero), axis = quantized_format(out, site.stats.name), None
-        else:
-            qparams = adapter.output_qparams(m, args, kwargs, out)
-            if qparams is None:
-                return None
-            fmt, scale, zero, axis = qparams
+        qparams = quantizer_output_format(adapter, m, args, kwargs, out, site.stats.name)
+        if qparams is None:
+            return None
+        fmt, scale, zero, axis = qparams
         value = adapter.value(out)
         reusable = (not batched and site.spec.permanent and not site.spec.track_statistics
                     and not (torch.is_grad_enabled() and value.requires_grad))

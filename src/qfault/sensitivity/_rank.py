@@ -143,8 +143,10 @@ class BitRanking:
     def rank_of(self) -> list[np.ndarray]:
         """Per tensor, int64 ``[numel, bits]``: each bit's position in the ranking (0 = first)."""
         out = [np.zeros((int(np.prod(shape, dtype=np.int64)), bits), dtype=np.int64) for _, shape, bits in self.tensors]
-        for position, (t, e, b) in enumerate(zip(self.tensor.tolist(), self.element.tolist(), self.bit.tolist())):
-            out[t][e, b] = position
+        positions = np.arange(len(self), dtype=np.int64)
+        for t, ranks in enumerate(out):  # one scatter per tensor
+            mine = self.tensor == t
+            ranks[self.element[mine], self.bit[mine]] = positions[mine]
         return out
 
     def fault_specs(self, k: int, **spec_fields) -> list[dict]:

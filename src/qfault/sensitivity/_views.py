@@ -20,7 +20,7 @@ from torch import nn
 
 from .._errors import QFaultConfigError
 from ..formats import NumberFormat, calibrate, gather_param
-from ..injection import InjectSpec, quantized_format, quantizer_of, select_modules
+from ..injection import InjectSpec, quantizer_of, quantizer_output_format, select_modules
 
 
 @dataclass
@@ -119,13 +119,10 @@ def weight_views(model: nn.Module, example: torch.Tensor, *, types=None, names=N
         adapter, attr = found
 
         def capture(m, args, kwargs, out, module_name=module_name, adapter=adapter, attr=attr):
-            if adapter.is_quantized(out):
-                (f, scale, zero), axis = quantized_format(out, module_name), None
-            else:
-                qparams = adapter.output_qparams(m, args, kwargs, out)
-                if qparams is None:
-                    return None
-                f, scale, zero, axis = qparams
+            qparams = quantizer_output_format(adapter, m, args, kwargs, out, module_name)
+            if qparams is None:
+                return None
+            f, scale, zero, axis = qparams
             captured[module_name] = (adapter.value(out).detach().float(), f, scale, zero, axis, (adapter, attr))
             return None
 
