@@ -16,6 +16,17 @@ def tiny_digits_mlp(seed: int = 0, hidden: int = 32) -> nn.Module:
     return model.eval()
 
 
+def tiny_digits_convnet(seed: int = 0, channels: int = 3) -> nn.Module:
+    """A float CNN for 1x8x8 digits: a 3x3 conv (``channels`` outputs), ReLU, a linear layer,
+    weights fixed by ``seed`` (untrained, eval mode); the small model of systolic tests."""
+    gen = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, channels, 3), nn.ReLU(), nn.Flatten(), nn.Linear(channels * 36, 10))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    return model.eval()
+
+
 def tiny_digits_brevitas(seed: int = 0, hidden: int = 32) -> nn.Module:
     """A Brevitas-quantized MLP for 1x8x8 digits (8-bit weights and activations, weights fixed by
     ``seed``, untrained, eval mode)."""

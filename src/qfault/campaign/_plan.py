@@ -10,7 +10,7 @@ count, the sample size of Leveugle et al. (DATE 2009) for its fault population, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -38,6 +38,8 @@ class PlannedPoint:
         repetitions: trials of the point (``fixed`` and ``leveugle`` rules); None where the
             ``ci`` rule decides while running.
         population: bits its faults can hit (only with ``stop.population: auto``).
+        systolic: the fault space of its systolic array (a
+            :class:`~qfault.systolic.FaultSpace`: one register fault per trial), or None.
     """
 
     index: int
@@ -46,12 +48,14 @@ class PlannedPoint:
     mitigation: dict | None = None
     repetitions: int | None = None
     population: int | None = None
+    systolic: Any = None
 
     @property
     def stackable(self) -> bool:
         """Whether trials of this point may share a forward: every fault acts on activations
-        (outputs/inputs) of a fixed layer set, and no stuck-at mitigation changes weights."""
-        return self.mitigation is None and all(
+        (outputs/inputs) of a fixed layer set, no stuck-at mitigation changes weights and no
+        systolic array holds a per-trial fault."""
+        return self.mitigation is None and self.systolic is None and all(
             f.site.value in ACTIVATION_SITES and f.layer_mode == "all" for f in self.faults)
 
 
@@ -106,13 +110,51 @@ def plan_campaign(spec: CampaignSpec, model: nn.Module, sample: torch.Tensor | N
         first = {k: v for k, v in spec.faults[0].items() if k != "indices"}
         num_layers = len(select_modules(model, InjectSpec.from_dict(first)))
     auto = spec.stop.rule == "leveugle" and spec.stop.population == "auto"
+    space = systolic_space(spec, model)
     points = []
     for index, values in enumerate(spec.points(num_layers)):
         faults = tuple(InjectSpec.from_dict(data) for data in point_faults(spec.faults, values))
-        population = point_population(model, faults, sample) if auto else None
+        population = None
+        if auto:
+            population = point_population(model, faults, sample) if faults else 0
+            population += space.size if space is not None else 0
         points.append(PlannedPoint(index, values, faults, point_mitigation(spec.mitigation, values),
-                                   planned_repetitions(spec, population), population))
+                                   planned_repetitions(spec, population), population, space))
     return Plan(spec, tuple(points))
+
+
+def systolic_space(spec: CampaignSpec, model: nn.Module):
+    """The :class:`~qfault.systolic.FaultSpace` of a campaign's ``systolic`` section on
+    ``model`` (whose layers already run on the array, see :func:`systolic_model`), or None."""
+    if spec.systolic is None:
+        return None
+    from ..systolic import SystolicFaults, systolic_layers
+
+    layers = systolic_layers(model)
+    if not layers:
+        raise QFaultConfigError("systolic", "model", "a model whose layers run on the array (systolic_model)")
+    array = next(iter(layers.values())).array
+    return SystolicFaults(**spec.systolic).space(array, model)
+
+
+def systolic_model(spec: CampaignSpec, model: nn.Module) -> nn.Module:
+    """``model`` with the layers of the campaign's ``systolic`` section on one shared array (in
+    place; unchanged without that section)."""
+    if spec.systolic is None:
+        return model
+    from ..layers import swap_modules
+    from ..systolic import SystolicFaults, SystolicLayers, compatible_layers
+
+    section = SystolicFaults(**spec.systolic)
+    if not compatible_layers(model):
+        raise QFaultConfigError("systolic.layers", section.layers, "a model with nn.Conv2d / nn.Linear layers",
+                                hint=f"{type(model).__name__} has none")
+    try:
+        swap_modules(model, SystolicLayers(section.array, section.layers))
+    except QFaultConfigError as exc:
+        name = "layers" if exc.field == "names" else exc.field
+        raise QFaultConfigError(f"systolic.{name}", exc.value, exc.allowed, hint=exc.hint) from None
+    return model
 
 
 def planned_repetitions(spec: CampaignSpec, population: int | None = None) -> int | None:

@@ -43,10 +43,97 @@ def write_report(result: CampaignResult, store: CampaignStore, out: str | Path, 
     if parquet:
         written.append(_write_parquet(out / "points.parquet", points))
         written.append(_write_parquet(out / "trials.parquet", trials))
+    systolic = [row for row in store.trials() if row.details and "fault" in row.details]
+    if systolic:
+        written.append(_systolic_csv(out / "systolic.csv", systolic))
     if plots and result.points:
         written.extend(_plots(result, out))
+        if systolic:
+            written.extend(_systolic_plots(systolic, out))
         written.append(_html(result, out, [p for p in written if p.suffix == ".png"]))
     return written
+
+
+#: seed 003's result columns (one row per image), then ours
+SYSTOLIC_COLUMNS = ("fault_seed", "dataset_seed", "dataset_index", "line", "channel", "row", "col", "bit", "polarity",
+                    "ftype", "point", "image")
+
+
+def _systolic_csv(path: Path, rows: list) -> Path:
+    """One row per image of every systolic trial, in the seed's columns: ``fault_seed`` is the
+    trial (repetition), ``dataset_seed``/``dataset_index`` the pass over the data and the batch,
+    ``row``/``col`` the PE (x, y), ``ftype`` the outcome: 0 masked, 1 non-critical, 2 SDC-1
+    (and 3 DUE, which the seed does not have)."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SYSTOLIC_COLUMNS)
+        for row in rows:
+            d = row.details
+            fault = d["fault"]
+            for image, outcome in enumerate(d["outcomes"]):
+                writer.writerow([row.repetition, d.get("epoch"), d.get("batch"), fault["line"], fault["channel"],
+                                 fault["x"], fault["y"], fault["bit"], fault["polarity"], outcome, row.point, image])
+    return path
+
+
+def _systolic_plots(rows: list, out: Path) -> list[Path]:
+    """SDC-1 (and DUE) rate of the images per faulted line, with 95% Wilson intervals, and the
+    SDC-1 rate per PE as a heat map (blank: no trial faulted that PE)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ._stats import wilson_interval
+
+    per_line: dict[str, list[int]] = {}
+    per_pe: dict[tuple[int, int], list[int]] = {}
+    for row in rows:
+        fault, outcomes = row.details["fault"], row.details["outcomes"]
+        per_line.setdefault(fault["line"], []).extend(outcomes)
+        per_pe.setdefault((fault["x"], fault["y"]), []).extend(outcomes)
+    paths = []
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    lines = sorted(per_line)
+    for offset, (code, label) in enumerate(((2, "SDC-1"), (3, "DUE"))):
+        rates, low, high = [], [], []
+        for line in lines:
+            hits, total = sum(o == code for o in per_line[line]), len(per_line[line])
+            lo, hi = wilson_interval(hits, total)
+            rates.append(100 * hits / total)
+            low.append(rates[-1] - 100 * lo)
+            high.append(100 * hi - rates[-1])
+        ax.bar(np.arange(len(lines)) + 0.38 * offset, rates, width=0.38, yerr=[low, high], capsize=3, label=label)
+    ax.set_xticks(np.arange(len(lines)) + 0.19, [f"line {line}" for line in lines])
+    ax.set_ylabel("images (%), 95% Wilson")
+    ax.set_title("outcome rate per faulted register line")
+    ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    path = out / "systolic_lines.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+
+    xs = sorted({x for x, _ in per_pe})
+    ys = sorted({y for _, y in per_pe})
+    grid = np.full((max(ys) - min(ys) + 1, max(xs) - min(xs) + 1), np.nan)
+    for (x, y), outcomes in per_pe.items():
+        grid[y - min(ys), x - min(xs)] = 100 * sum(o == 2 for o in outcomes) / len(outcomes)
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    ax.set_facecolor("0.88")  # PEs no trial faulted
+    image = ax.imshow(grid, origin="lower", cmap="magma", interpolation="nearest",
+                      extent=(min(xs) - 0.5, max(xs) + 0.5, min(ys) - 0.5, max(ys) + 0.5))
+    fig.colorbar(image, ax=ax, label="SDC-1 (% of images)")
+    ax.set_xlabel("PE x")
+    ax.set_ylabel("PE y")
+    ax.set_title(f"SDC-1 rate per faulted PE ({len(per_pe)} PEs sampled, grey: none)")
+    fig.tight_layout()
+    path = out / "systolic_pes.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+    return paths
 
 
 class _Table:

@@ -19,7 +19,7 @@ from .._errors import QFaultConfigError, check_range
 from ..injection import quantizer_name, select_modules
 from ._executors import Executor, LocalExecutor
 from ._outcomes import golden_run
-from ._plan import Plan, PlannedPoint, plan_campaign, planned_repetitions
+from ._plan import Plan, PlannedPoint, plan_campaign, planned_repetitions, systolic_model
 from ._prefix import PrefixCache, reusable_prefix, trace_order
 from ._spec import CampaignSpec
 from ._stats import mean_ci, population_std, wilson_interval
@@ -181,6 +181,8 @@ def prepare_prefix(plan: Plan, model: nn.Module, batches: list, clean_pass: Call
         from ..mitigation import stuck_layers
 
         stuck = {name for name, _ in stuck_layers(model)}
+    if spec.systolic is not None:  # every layer on the array is faulted in every trial
+        stuck |= set(_runs_on_array(model))
     names, constants = {}, {}
     for point in plan.points:
         faulted, float_params, sites = set(stuck), set(), set()
@@ -207,6 +209,13 @@ def prepare_prefix(plan: Plan, model: nn.Module, batches: list, clean_pass: Call
         for handle in handles:
             handle.remove()
     return prefix, names, (result if clean_pass is not None else None)
+
+
+def _runs_on_array(model: nn.Module) -> list[str]:
+    """Names of the model's layers that run on a systolic array."""
+    from ..systolic import systolic_layers
+
+    return list(systolic_layers(model))
 
 
 def _clean_faulted_output(model: nn.Module, order: dict, faulted: set[str]) -> list[str]:
@@ -264,6 +273,7 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
     # data and model before a new store is created: a bad path leaves no store behind
     batches = batches if batches is not None else load_batches(spec)
     model = model if model is not None else build_campaign_model(spec.model, log=log)
+    model = systolic_model(spec, model) if spec.systolic is not None and not _runs_on_array(model) else model
     with CampaignStore(spec.store_path(), spec) as store:
         plan = plan_campaign(spec, model, batches[0][0] if batches else None)
         golden = store.golden()

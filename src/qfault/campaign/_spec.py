@@ -139,6 +139,10 @@ class CampaignSpec:
             only in these paths has the same seed (common random numbers). With
             ``BitFlip(nested=True)`` and ``paired: [fault.ber]``, trial ``r``'s flips at a lower
             BER are a subset of its flips at a higher one.
+        systolic: run the model's Conv2d/Linear layers on a systolic array and give every trial
+            one register fault drawn from its fault space (seed 003): the fields of
+            :class:`~qfault.systolic.SystolicFaults` (``array``, ``layers``, ``channels``,
+            ``bits``, ``lines``, ``polarities``, ``msb``, ``batches``).
     """
 
     name: str = "campaign"
@@ -158,6 +162,7 @@ class CampaignSpec:
     mitigation: dict | None = None
     stack_trials: int | str = "auto"
     paired: tuple = ()
+    systolic: dict | None = None
 
     def __post_init__(self) -> None:
         from ..injection import InjectSpec
@@ -198,8 +203,11 @@ class CampaignSpec:
                 raise QFaultConfigError("mitigation", self.mitigation, "a mapping {rate, method, tile}")
             _unknown("mitigation", self.mitigation, MITIGATION_KEYS)
             _stuck_spec(self.mitigation)
-        if not faults and self.mitigation is None:
-            raise QFaultConfigError("faults", list(faults), "a list with at least one fault spec (or a mitigation)")
+        if self.systolic is not None:
+            set_("systolic", _systolic_section(self.systolic).to_dict())
+        if not faults and self.mitigation is None and self.systolic is None:
+            raise QFaultConfigError("faults", list(faults),
+                                    "a list with at least one fault spec (or a mitigation or systolic section)")
         normalized = []
         for i, item in enumerate(faults):
             spec = item if isinstance(item, InjectSpec) else _inject_spec(f"faults[{i}]", item)
@@ -240,6 +248,8 @@ class CampaignSpec:
             del out["paired"]
         else:
             out["paired"] = list(self.paired)
+        if self.systolic is None:  # likewise
+            del out["systolic"]
         out["version"] = SPEC_VERSION
         return json.loads(json.dumps(out, default=str))
 
@@ -343,6 +353,23 @@ def _stuck_spec(data: dict, point: dict | None = None):
         raise QFaultConfigError(where, exc.value, exc.allowed) from None
 
 
+def _systolic_section(data: Any):
+    from ..systolic import SECTION_KEYS, SystolicFaults
+
+    if isinstance(data, SystolicFaults):
+        return data
+    if not isinstance(data, Mapping):
+        raise QFaultConfigError("systolic", data, "a mapping {array, layers, channels, bits, lines, polarities, ...}")
+    _unknown("systolic", dict(data), SECTION_KEYS)
+    if "array" not in data:
+        raise QFaultConfigError("systolic.array", None, "a mapping of ArrayConfig fields (n1, n2, n3, ...)",
+                                hint="missing")
+    try:
+        return SystolicFaults(**data)
+    except TypeError as exc:
+        raise QFaultConfigError("systolic", dict(data), "SystolicFaults fields", hint=str(exc)) from None
+
+
 def _sweep_points(sweep: Mapping, num_layers: int | None = None) -> list[dict]:
     axes = []
     for path, values in sweep.items():
@@ -433,7 +460,7 @@ def _nested_checks() -> dict:
     sweep, whose points are checked only when the sections they change are valid."""
     from ..mitigation import StuckAtSpec
 
-    state: dict[str, Any] = {"faults": (), "mitigation": None}
+    state: dict[str, Any] = {"faults": (), "mitigation": None, "systolic": None}
 
     def check_faults(value: Any, where: str, errors: ConfigErrors) -> None:
         items = value if isinstance(value, (list, tuple)) else [value]
@@ -457,6 +484,15 @@ def _nested_checks() -> dict:
                             errors=errors)
         state["mitigation"] = dict(value) if len(errors) == before else _BAD
 
+    def check_systolic(value: Any, where: str, errors: ConfigErrors) -> None:
+        if value is None:
+            return
+        try:
+            state["systolic"] = _systolic_section(value).to_dict()
+        except QFaultConfigError as exc:
+            errors.append(exc)
+            state["systolic"] = _BAD
+
     def check_sweep(value: Any, where: str, errors: ConfigErrors) -> None:
         if not isinstance(value, dict):
             errors.add(where, value, "a mapping {dotted.path: [values]}")
@@ -478,7 +514,8 @@ def _nested_checks() -> dict:
         for point in _sweep_points(value):
             _check_point(point, faults, mitigation, errors)
 
-    return {"faults": check_faults, "mitigation": check_mitigation, "sweep": check_sweep}
+    return {"faults": check_faults, "mitigation": check_mitigation, "systolic": check_systolic,
+            "sweep": check_sweep}
 
 
 def point_mitigation(mitigation: dict | None, point: dict) -> dict | None:

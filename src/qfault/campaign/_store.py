@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS trials (
     PRIMARY KEY (point, repetition)
 );
 """
+#: per-trial details (created with the first trial that has any: older stores lack it)
+_DETAILS = """CREATE TABLE IF NOT EXISTS details (point INTEGER NOT NULL, repetition INTEGER NOT NULL,
+    data TEXT NOT NULL, PRIMARY KEY (point, repetition))"""
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class TrialRow:
     counts: dict
     faults: int
     elapsed_s: float
+    #: what a trial adds beyond its counts (a systolic trial: its fault, batch, per-image outcomes)
+    details: dict | None = None
 
 
 class StoreMismatch(QFaultConfigError):
@@ -142,8 +147,16 @@ class CampaignStore:
     def trials(self) -> Iterator[TrialRow]:
         query = ("SELECT point, repetition, point_json, seed, accuracy, counts, faults, elapsed_s "
                  "FROM trials ORDER BY point, repetition")
+        details = self.details()
         for p, r, pj, seed, acc, counts, faults, elapsed in self.conn.execute(query):
-            yield TrialRow(p, r, json.loads(pj), seed, acc, json.loads(counts), faults, elapsed)
+            yield TrialRow(p, r, json.loads(pj), seed, acc, json.loads(counts), faults, elapsed, details.get((p, r)))
+
+    def details(self) -> dict[tuple[int, int], dict]:
+        """``{(point, repetition): details}`` of the trials that have any."""
+        exists = self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'details'").fetchone()
+        if exists is None:
+            return {}
+        return {(p, r): json.loads(data) for p, r, data in self.conn.execute("SELECT point, repetition, data FROM details")}
 
     def count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM trials").fetchone()[0])
@@ -182,6 +195,10 @@ class CampaignStore:
                 (row.point, row.repetition, json.dumps(row.point_values, sort_keys=True), row.seed,
                  row.accuracy, json.dumps(row.counts, sort_keys=True), row.faults, row.elapsed_s, time.time()),
             )
+            if row.details is not None:
+                self.conn.execute(_DETAILS)
+                self.conn.execute("INSERT INTO details VALUES (?, ?, ?)",
+                                  (row.point, row.repetition, json.dumps(row.details, sort_keys=True)))
 
     def close(self) -> None:
         try:

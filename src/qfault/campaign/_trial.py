@@ -209,16 +209,39 @@ def execute_trials(context: TrialContext, items: list[Item], *,
             logits = stacked_logits(context.model, context.batches, len(items), prefix)
         changed = handle.trial_changed.tolist()
     seconds = (time.monotonic() - start) / len(items)
-    runs = [(item, seeds[k], logits[k], changed[k], seconds) for k, item in enumerate(items)]
+    runs = [(item, seeds[k], logits[k], changed[k], seconds, {}) for k, item in enumerate(items)]
     return _rows(context, runs, golden_logits)
 
 
+def systolic_fault(spec: CampaignSpec, point: PlannedPoint, repetition: int, batches: int) -> tuple:
+    """The register fault of one trial of a systolic campaign, and the batch it evaluates.
+
+    Trial ``r`` of a point takes element ``r`` of a permutation of the point's fault space keyed by
+    the campaign seed and the point's values (sampling without replacement), and batch ``r`` of a
+    permutation of the batches redrawn every pass over them (``batches: one``; None: all).
+
+    Returns:
+        ``(fault index, ArrayFault, batch index or None)``.
+    """
+    from ..systolic import permuted_index
+
+    key = derive_seed(spec.seed, json.dumps(point.values, sort_keys=True), "systolic")
+    index = permuted_index(key, repetition, point.systolic.size)
+    batch = None
+    if spec.systolic["batches"] == "one":
+        batch = permuted_index(f"{key}:batches", repetition, batches)
+    return index, point.systolic.fault(index), batch
+
+
 def _run_trial(context: TrialContext, item: Item) -> tuple:
-    """One trial's faulty pass: ``(item, seed, logits [N, C], values changed, seconds)``."""
+    """One trial's faulty pass: ``(item, seed, logits [N, C], values changed, seconds, extra)``;
+    ``extra`` holds what a systolic trial adds: the golden rows it compares with and its details."""
     spec = context.spec
     index, values, repetition = item
     point = context.point(index, values)
     seed = trial_seed(spec, values, repetition)
+    if point.systolic is not None:
+        return _run_systolic_trial(context, item, point, seed)
     # statistics are not part of a trial's row: skip their cost
     specs = [replace(f, seed=derive_seed(seed, i) >> 1, track_statistics=False) for i, f in enumerate(point.faults)]
     faulted = [0]
@@ -240,7 +263,31 @@ def _run_trial(context: TrialContext, item: Item) -> tuple:
         if handle is not None:
             handle.add_listener(count)
         logits = predict(context.model, context.batches, prefix)
-    return item, seed, logits, faulted[0], time.monotonic() - start
+    return item, seed, logits, faulted[0], time.monotonic() - start, {}
+
+
+def _run_systolic_trial(context: TrialContext, item: Item, point: PlannedPoint, seed: int) -> tuple:
+    from ..systolic import systolic_layers
+
+    spec = context.spec
+    index, values, repetition = item
+    fault_index, fault, batch = systolic_fault(spec, point, repetition, len(context.batches))
+    array = next(iter(systolic_layers(context.model).values())).array
+    batches = context.batches if batch is None else [context.batches[batch]]
+    if batch is None:
+        rows = None
+    else:
+        start_row = sum(x.shape[0] for x, _ in context.batches[:batch])
+        rows = (start_row, start_row + context.batches[batch][0].shape[0])
+    specs = [replace(f, seed=derive_seed(seed, i) >> 1, track_statistics=False) for i, f in enumerate(point.faults)]
+    start = time.monotonic()
+    injected = context.inject(index, specs) if specs else contextlib.nullcontext()
+    with array.add_fault(fault), injected:
+        logits = predict(context.model, batches)
+    details = {"fault_index": fault_index, "fault": {"line": fault.line, "channel": fault.channel, "x": fault.x,
+                                                     "y": fault.y, "bit": fault.bit, "polarity": fault.polarity},
+               "batch": batch, "epoch": None if batch is None else repetition // len(context.batches)}
+    return item, seed, logits, 1, time.monotonic() - start, {"rows": rows, "details": details}
 
 
 def _rows(context: TrialContext, runs: list[tuple], golden_logits: torch.Tensor | None) -> list[TrialRow]:
@@ -248,15 +295,31 @@ def _rows(context: TrialContext, runs: list[tuple], golden_logits: torch.Tensor 
     classified in one vectorized pass; classification time is shared out among them."""
     spec = context.spec
     golden = context.golden["logits"] if golden_logits is None else golden_logits
+    labels = context.golden["labels"]
+    if any(run[5].get("rows") is not None for run in runs):  # trials of one batch each: one by one
+        rows = []
+        for run in runs:
+            start_row, stop_row = run[5]["rows"] or (0, golden.shape[0])
+            rows.extend(_classified(spec, [run], golden[start_row:stop_row],
+                                    None if labels is None else labels[start_row:stop_row]))
+        return rows
+    return _classified(spec, runs, golden, labels)
+
+
+def _classified(spec: CampaignSpec, runs: list[tuple], golden: torch.Tensor, labels) -> list[TrialRow]:
     start = time.monotonic()
     logits = runs[0][2] if len(runs) == 1 else torch.cat([run[2] for run in runs])
-    outcome = classify(golden, logits, context.golden["labels"], atol=spec.atol,
-                       sdc_thresholds=spec.sdc_thresholds, trials=len(runs))
+    outcome = classify(golden, logits, labels, atol=spec.atol, sdc_thresholds=spec.sdc_thresholds, trials=len(runs))
     share = (time.monotonic() - start) / len(runs)
+    per_image = outcome.outcome_index().view(len(runs), -1) if any(run[5].get("details") for run in runs) else None
     rows = []
-    for ((index, point, repetition), seed, _, changed, seconds), counts in zip(runs, outcome.block_counts(len(runs))):
+    for k, (((index, point, repetition), seed, _, changed, seconds, extra), counts) in enumerate(
+            zip(runs, outcome.block_counts(len(runs)))):
         accuracy = 100.0 * counts["correct_faulty"] / max(1, counts["images"])
-        rows.append(TrialRow(index, repetition, point, seed, accuracy, counts, int(changed), seconds + share))
+        details = extra.get("details")
+        if details is not None:
+            details = {**details, "outcomes": per_image[k].tolist()}
+        rows.append(TrialRow(index, repetition, point, seed, accuracy, counts, int(changed), seconds + share, details))
     return rows
 
 

@@ -6,4 +6,6 @@ translation (see docs/differences.md for where qfault deliberately differs).
   (``util.fault_injector``, ``util.qat.set_bit_width``).
 - :mod:`qfault.compat.fkeras`: FKeras' fixed-point bit flips (``fkeras.utils``) and QKeras'
   ``quantized_bits``, on PyTorch tensors (seed 002).
+- :mod:`qfault.compat.flauers`: flauers' systolic-array simulator (``flauers``,
+  ``flauers.torch``) on :mod:`qfault.systolic` (seed 003).
 """

@@ -108,6 +108,41 @@ def digits_vit(weight_bits: int = 8, act_bits: int = 8, embed_dim: int = 48, dep
     return model
 
 
+class LeNet5(nn.Module):
+    """LeNet-5 as seed 003's tutorial defines it (conv1 1->6 5x5, 2x2 max pool, conv2 6->16 5x5,
+    fc1 256->120, fc2 120->84, fc3 84->10, ReLU), for 1x28x28 inputs; ``upsample`` first resizes
+    smaller images (the 8x8 digits) to 28x28 (bilinear)."""
+
+    def __init__(self, classes: int = 10, size: int = 28):
+        super().__init__()
+        self.upsample = nn.Upsample(size=(size, size), mode="bilinear", align_corners=False)
+        self.conv1 = nn.Conv2d(1, 6, 5, padding="valid")
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5, padding="valid")
+        side = ((size - 4) // 2 - 4) // 2
+        self.fc1 = nn.Linear(16 * side * side, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.upsample(x)
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+@register_model("digits_lenet5", epochs=15, lr=0.003, threads=1)
+def digits_lenet5(seed: int = 0) -> nn.Module:
+    """Seed 003's LeNet-5 (float) for the 8x8 digits, upsampled to its 28x28 input: the model of
+    the systolic-array campaign (``configs/campaign_systolic_lenet.yaml``)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LeNet5()
+
+
 #: the bit-width search file shipped for ``digits_lsq`` (seed 004's JSON layout)
 DIGITS_LSQ_BIT_WIDTHS = Path(__file__).resolve().parent.parent / "configs" / "digits_lsq_bit_widths.json"
 

@@ -12,6 +12,7 @@ from ._array import (
 )
 from ._lowering import kernel_columns, lower_activation, lower_kernel, output_size
 from ._layers import SystolicConv2d, SystolicLayers, SystolicLinear, compatible_layers, systolic_layers
+from ._campaign import BATCH_MODES, SECTION_KEYS, FaultSpace, SystolicFaults, permuted_index
 from ._dataflow import DATAFLOWS, Dataflow, dataflow_matrix, get_dataflow, list_dataflows, register_dataflow
 
 __all__ = [
@@ -37,4 +38,9 @@ __all__ = [
     "lower_kernel",
     "kernel_columns",
     "output_size",
+    "SystolicFaults",
+    "FaultSpace",
+    "permuted_index",
+    "SECTION_KEYS",
+    "BATCH_MODES",
 ]

@@ -10,7 +10,6 @@ on line c reaches. What reaches where comes from the closed-form geometry of
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -256,7 +255,7 @@ class SystolicArray:
         self.mac_dtype = _torch_dtype(config.mac_dtype)
         self.widths = {"a": _width(self.in_dtype), "b": _width(self.in_dtype), "c": _width(self.mac_dtype)}
         self._faults: dict[int, ArrayFault] = {}
-        self._ids = itertools.count()
+        self._next_id = 0
         self._plans: dict[tuple, MatmulPlan] = {}
 
     # ----------------------------------------------------------------- geometry and faults
@@ -293,7 +292,8 @@ class SystolicArray:
     def add_fault(self, fault: ArrayFault) -> ArrayFaultHandle:
         """Put ``fault`` on the array (checked first: a refused fault leaves the array as it was)."""
         self.check_fault(fault)
-        fault_id = next(self._ids)
+        fault_id = self._next_id
+        self._next_id += 1
         self._faults[fault_id] = fault
         self._plans.clear()
         return ArrayFaultHandle(self, fault, fault_id)
