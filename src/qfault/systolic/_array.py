@@ -353,12 +353,14 @@ class SystolicArray:
         empty = torch.zeros(0, dtype=torch.long)
         if not entries:
             return MatmulPlan(empty, empty, depth, 1)
-        local = np.unique(np.concatenate([it[:, :2] for _, _, it, _ in entries]), axis=0)  # (R, 2): i, j, sorted
+        span = box[1]  # outputs as flat keys i * span + j: a 1-D unique instead of a row-wise one
+        keys = np.unique(np.concatenate([it[:, 0] * span + it[:, 1] for _, _, it, _ in entries]))
+        local = np.stack(np.divmod(keys, span), axis=1)                     # (R, 2): i, j, sorted
         masks_local = {}
         for line in LINES:
             line_entries = [e for e in entries if e[1].line == line]
             if line_entries:
-                masks_local[line] = _compose(line_entries, local, depth, self.widths[line])
+                masks_local[line] = _compose(line_entries, keys, span, depth, self.widths[line])
         # every tile repeats the tile-local positions; drop those past the matrix edge
         tiles_i = -(-m // box[0])
         tiles_j = -(-n // box[1])
@@ -513,13 +515,13 @@ class SystolicArray:
                 f"{c.in_dtype}->{c.mac_dtype}, {len(self._faults)} faults)")
 
 
-def _compose(entries: list, local: np.ndarray, depth: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def _compose(entries: list, keys: np.ndarray, span: int, depth: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Per (output, k) mask pair of one line: the ops of every fault reaching it, the most
     upstream (largest hop count) first, ties in the order the faults were added."""
     r_all, k_all, order_hop, order_fault, keeps, xors = [], [], [], [], [], []
     for index, fault, iterations, hops in entries:
         keep, xor = fault.masks(width)
-        r_all.append(_output_index(local, iterations[:, :2]))
+        r_all.append(np.searchsorted(keys, iterations[:, 0] * span + iterations[:, 1]))
         k_all.append(iterations[:, 2])
         order_hop.append(-hops)
         order_fault.append(np.full(len(hops), index))
@@ -534,20 +536,14 @@ def _compose(entries: list, local: np.ndarray, depth: int, width: int) -> tuple[
     starts = np.r_[True, cell[1:] != cell[:-1]]
     group_start = np.maximum.accumulate(np.where(starts, np.arange(len(cell)), 0))
     rank = np.arange(len(cell)) - group_start
-    keep_out = np.full((len(local), depth), -1, dtype=np.int64)
-    xor_out = np.zeros((len(local), depth), dtype=np.int64)
+    keep_out = np.full((len(keys), depth), -1, dtype=np.int64)
+    xor_out = np.zeros((len(keys), depth), dtype=np.int64)
     for level in range(int(rank.max()) + 1):
         sel = rank == level
         rr, kk = r_all[sel], k_all[sel]
         xor_out[rr, kk] = (xor_out[rr, kk] & keeps[sel]) ^ xors[sel]
         keep_out[rr, kk] &= keeps[sel]
     return keep_out, xor_out
-
-
-def _output_index(local: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Row of each (i, j) of ``pairs`` in ``local`` (sorted unique pairs containing them all)."""
-    span = int(max(local[:, 1].max(), pairs[:, 1].max())) + 1
-    return np.searchsorted(local[:, 0] * span + local[:, 1], pairs[:, 0] * span + pairs[:, 1])
 
 
 def _signed(value: int, width: int) -> int:
