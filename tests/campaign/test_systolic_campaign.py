@@ -70,7 +70,7 @@ def test_population_auto_is_the_seeds_n(tmp_path):
     point = plan_campaign(spec, model).points[0]
     assert point.population == 6 * 841 * 3 * 32 * 2 == point.systolic.size
     assert point.repetitions == 384
-    assert not point.stackable
+    assert point.stackable  # through the array's fault stacks
 
 
 def test_resume_and_report(tmp_path):
@@ -142,3 +142,22 @@ def test_fault_space_numbers_every_fault_once():
     with pytest.raises(QFaultConfigError, match="fault index=60"):
         space.fault(60)
     assert SystolicFaults({"n1": 2, "n2": 2, "n3": 2}).to_dict()["lines"] == ["a", "b", "c"]
+
+
+def test_stacked_trials_equal_trials_one_by_one(tmp_path, monkeypatch):
+    """stack_trials > 1 runs several systolic trials per forward (the array's fault stacks);
+    their rows equal those of one trial per forward."""
+    from qfault.systolic import SystolicArray
+
+    stacks = []
+    original = SystolicArray.stack_faults
+    monkeypatch.setattr(SystolicArray, "stack_faults", lambda self, sets: stacks.append(len(sets)) or original(self, sets))
+    one = CampaignSpec.from_dict(spec_dict(tmp_path, repetitions=10, stack_trials=1))
+    four = CampaignSpec.from_dict(spec_dict(tmp_path, repetitions=10, stack_trials=4,
+                                            store=str(tmp_path / "four.qfault.db")))
+    run_campaign(one, progress=False, log=lambda *_: None)
+    run_campaign(four, progress=False, log=lambda *_: None, trials_per_task=10)
+    with CampaignStore(one.store_path(), one, create=False) as a, CampaignStore(four.store_path(), four,
+                                                                                 create=False) as b:
+        assert [(r.counts, r.details) for r in a.trials()] == [(r.counts, r.details) for r in b.trials()]
+    assert stacks and max(stacks) > 1  # the stacked path ran

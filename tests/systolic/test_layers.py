@@ -208,3 +208,116 @@ def test_lowering_equals_the_reference_layout():
         assert np.array_equal(lower_activation(torch.from_numpy(x), (kh, kw), stride).numpy(),
                               ref_lower_activation(x, kh, kw, stride))
         assert np.array_equal(lower_kernel(torch.from_numpy(k), w, stride).numpy(), ref_lower_kernel(k, w, stride))
+
+
+def test_stacked_fault_sets_equal_separate_forwards():
+    """K fault sets in one forward: block k of the batch is exactly the forward of its images
+    with fault set k alone (every block is its own product, tiles and all)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 3, stride=2), nn.Flatten(),
+                          nn.Linear(4 * 3 * 3, 5))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randint(-2, 3, p.shape).float())
+    handle = swap_modules(model, SystolicLayers(ArrayConfig(3, 4, 16, "col_stationary", tiling=True)))
+    array = handle.config.array
+    array.add_fault(ArrayFault("b", 1, -1, 9, 1))  # on every block
+    rng = np.random.default_rng(0)
+    pes = array.pes()
+    sets = []
+    for k in range(4):
+        x_pe, y_pe = pes[rng.integers(len(pes))]
+        sets.append([ArrayFault("abc"[k % 3], x_pe, y_pe, int(rng.integers(1, 12)), k % 3, channel=k - 1)])
+    sets[3] = []
+    x = torch.randint(-3, 4, (4 * 5, 2, 7, 7)).float()
+    with torch.no_grad():
+        separate = []
+        for k, fault_set in enumerate(sets):
+            faults = [array.add_fault(f) for f in fault_set]
+            separate.append(model(x[5 * k:5 * (k + 1)]))
+            for f in faults:
+                f.remove()
+        with array.stack_faults(sets):
+            stacked = model(x)
+        assert array.fault_blocks() is None
+    assert torch.equal(_bits(stacked), _bits(torch.cat(separate)))  # bits: NaN outputs included
+    assert not torch.equal(_bits(separate[0]), _bits(separate[3]))
+    with array.stack_faults(sets), pytest.raises(QFaultConfigError, match=r"batch=7.*multiple of the 4"):
+        model(x[:7])
+    with pytest.raises(QFaultConfigError, match=r"\(x, y\)=\(9, 9\)"):
+        array.stack_faults([[ArrayFault("a", 9, 9, 0)]])
+
+
+def _brevitas_model(return_quant_tensor: bool):
+    import brevitas.nn as qnn
+    from brevitas.quant import Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint
+
+    torch.manual_seed(4)
+    return nn.Sequential(
+        qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, return_quant_tensor=return_quant_tensor),
+        qnn.QuantConv2d(2, 3, 3, padding=1, bias=False, weight_quant=Int8WeightPerTensorFixedPoint),
+    ).eval()
+
+
+@pytest.mark.parametrize("in_dtype", ["float32", "int8"])
+def test_brevitas_layers_run_on_the_array(in_dtype):
+    """Brevitas QuantConv2d: on a float array its dequantized operands, on an int8 array its
+    integer codes (scaled back by input x weight scale) give the faulty outputs; the rest is
+    Brevitas' own clean output."""
+    model = _brevitas_model(return_quant_tensor=in_dtype == "int8")
+    x = torch.randn(3, 2, 6, 6)
+    with torch.no_grad():
+        clean = model(x)
+        quant_input = model[0](x)
+        weight = model[1].quant_weight()
+    handle = swap_modules(model, SystolicLayers(ArrayConfig(6, 6, 24, "output_stationary", in_dtype)))
+    assert handle.swapped == ["1"] and type(model[1]).__name__ == "SystolicQuantConv2d"
+    array = handle.config.array
+    fault = ArrayFault("a", 2, 3, 4, 1)
+    array.add_fault(fault)
+    with torch.no_grad():
+        got = model(x)
+    if in_dtype == "float32":
+        inputs, kernels, scale, dtype = quant_input.numpy(), weight.value.numpy(), 1.0, np.float32
+    else:
+        inputs, kernels = quant_input.int().numpy().astype(np.int8), weight.int().numpy().astype(np.int8)
+        scale, dtype = float(quant_input.scale * weight.scale), np.int8
+    ref = reference_conv2d(inputs, kernels, None, N=array.config.bounds, T=array.matrix, faults=[_ref(fault)],
+                           padding=(1, 1), in_dtype=dtype)
+    local = {(i, j) for i, j, _ in reference_reach(array.config.bounds, array.matrix, _ref(fault), (6, 6, 3 * 8))}
+    value = got.value if hasattr(got, "value") else got
+    assert local
+    for r in range(6):
+        for c in range(6):
+            expected = torch.from_numpy(np.asarray(ref[:, :, r, c] * scale, dtype=np.float32)) if (r, c) in local \
+                else clean[:, :, r, c]
+            assert torch.equal(value[:, :, r, c], expected), (r, c)
+    handle.remove()
+    assert type(model[1]).__name__ == "QuantConv2d"
+    with torch.no_grad():
+        assert torch.equal(model(x), clean)
+
+
+def test_integer_arrays_need_quantized_inputs():
+    model = _brevitas_model(return_quant_tensor=False)
+    handle = swap_modules(model, SystolicLayers(ArrayConfig(6, 6, 24, in_dtype="int8")))
+    handle.config.array.add_fault(ArrayFault("a", 1, 1, 0))
+    with pytest.raises(QFaultConfigError, match=r"input of SystolicQuantConv2d.*QuantTensor.*return_quant_tensor"):
+        model(torch.randn(1, 2, 6, 6))
+
+
+def test_brevitas_model_with_float_inputs_on_a_float_array():
+    from qfault.data import build_model
+
+    model = build_model("digits_cnn").eval()
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        clean = model(x)
+        handle = swap_modules(model, SystolicLayers(ArrayConfig(16, 16, 64, tiling=True)))
+        assert handle.swapped == ["1", "4", "8"] and sorted(systolic_layers(model)) == ["1", "4", "8"]
+        assert torch.equal(model(x), clean)
+        fault = handle.config.array.add_fault(ArrayFault("b", 1, 1, 1, 1))  # an exponent bit of fc weights
+        assert not torch.equal(model(x), clean)
+        fault.remove()
+        handle.remove()
+        assert torch.equal(model(x), clean)

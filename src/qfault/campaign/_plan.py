@@ -54,8 +54,11 @@ class PlannedPoint:
     def stackable(self) -> bool:
         """Whether trials of this point may share a forward: every fault acts on activations
         (outputs/inputs) of a fixed layer set, no stuck-at mitigation changes weights and no
-        systolic array holds a per-trial fault."""
-        return self.mitigation is None and self.systolic is None and all(
+        systolic array holds a per-trial fault (systolic trials stack through the array's fault
+        stacks instead, when they have no other faults)."""
+        if self.systolic is not None:
+            return self.mitigation is None and not self.faults
+        return self.mitigation is None and all(
             f.site.value in ACTIVATION_SITES and f.layer_mode == "all" for f in self.faults)
 
 

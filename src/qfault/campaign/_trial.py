@@ -190,6 +190,8 @@ def execute_trials(context: TrialContext, items: list[Item], *,
         raise ValueError("stacked trials must belong to one sweep point")
     point = context.point(index, values)
     golden = context.golden["logits"] if golden_logits is None else golden_logits
+    if point.systolic is not None:
+        return _systolic_stacked_rows(context, items, point, golden, golden_logits)
     exact = context.exact_stacks.get(len(items))
     if exact is None:  # some kernels pick another algorithm for another batch size: check each size once
         exact = context.exact_stacks[len(items)] = stacking_is_exact(context.model, context.batches, golden,
@@ -284,10 +286,65 @@ def _run_systolic_trial(context: TrialContext, item: Item, point: PlannedPoint, 
     injected = context.inject(index, specs) if specs else contextlib.nullcontext()
     with array.add_fault(fault), injected:
         logits = predict(context.model, batches)
-    details = {"fault_index": fault_index, "fault": {"line": fault.line, "channel": fault.channel, "x": fault.x,
-                                                     "y": fault.y, "bit": fault.bit, "polarity": fault.polarity},
-               "batch": batch, "epoch": None if batch is None else repetition // len(context.batches)}
+    details = _systolic_details(fault_index, fault, batch, repetition, len(context.batches))
     return item, seed, logits, 1, time.monotonic() - start, {"rows": rows, "details": details}
+
+
+def _systolic_stacked_rows(context: TrialContext, items: list[Item], point: PlannedPoint, golden: torch.Tensor,
+                           golden_logits: torch.Tensor | None) -> list[TrialRow]:
+    """Systolic trials of one point in shared forwards: each trial's batch (or all batches) is a
+    block of the stacked input and runs with its own register fault (``stack_faults``), so every
+    block is computed exactly as its trial alone. Trials are grouped by batch size; a group whose
+    fault-free stacked forward does not reproduce the golden logits bit for bit (kernels may
+    change with the batch size) runs one trial at a time."""
+    from ..systolic import systolic_layers
+
+    spec = context.spec
+    array = next(iter(systolic_layers(context.model).values())).array
+    drawn = [systolic_fault(spec, point, item[2], len(context.batches)) for item in items]
+    offsets = [0]
+    for x, _ in context.batches:
+        offsets.append(offsets[-1] + x.shape[0])
+    groups: dict[int, list[int]] = {}
+    for k, (_, _, batch) in enumerate(drawn):
+        size = offsets[-1] if batch is None else context.batches[batch][0].shape[0]
+        groups.setdefault(size, []).append(k)
+    rows: list = [None] * len(items)
+    for size, members in groups.items():
+        batches = [[context.batches[drawn[k][2]]] if drawn[k][2] is not None else context.batches for k in members]
+        key = ("systolic", len(members), size)  # kernels depend on the stacked batch size only
+        stacked_inputs = [torch.cat([trial[i][0] for trial in batches]) for i in range(len(batches[0]))]
+        if key not in context.exact_stacks:
+            expected = [golden[offsets[drawn[k][2]]:offsets[drawn[k][2] + 1]] if drawn[k][2] is not None else golden
+                        for k in members]
+            clean = predict(context.model, [(x, None) for x in stacked_inputs])
+            per_trial = clean.view(len(members), -1, *clean.shape[1:]) if len(batches[0]) == 1 else None
+            context.exact_stacks[key] = per_trial is not None and all(
+                torch.equal(per_trial[j], expected[j]) for j in range(len(members)))
+        if not context.exact_stacks[key]:
+            for k in members:
+                rows[k] = _rows(context, [_run_trial(context, items[k])], golden_logits)[0]
+            continue
+        start = time.monotonic()
+        with array.stack_faults([[drawn[k][1]] for k in members]):
+            logits = predict(context.model, [(x, None) for x in stacked_inputs])
+        seconds = (time.monotonic() - start) / len(members)
+        logits = logits.view(len(members), -1, *logits.shape[1:])
+        for j, k in enumerate(members):
+            item = items[k]
+            fault_index, fault, batch = drawn[k]
+            seed = trial_seed(spec, item[1], item[2])
+            start_row = 0 if batch is None else offsets[batch]
+            extra = {"rows": (start_row, start_row + logits.shape[1]),
+                     "details": _systolic_details(fault_index, fault, batch, item[2], len(context.batches))}
+            rows[k] = _rows(context, [(item, seed, logits[j], 1, seconds, extra)], golden_logits)[0]
+    return rows
+
+
+def _systolic_details(fault_index: int, fault, batch: int | None, repetition: int, batches: int) -> dict:
+    return {"fault_index": fault_index, "fault": {"line": fault.line, "channel": fault.channel, "x": fault.x,
+                                                  "y": fault.y, "bit": fault.bit, "polarity": fault.polarity},
+            "batch": batch, "epoch": None if batch is None else repetition // batches}
 
 
 def _rows(context: TrialContext, runs: list[tuple], golden_logits: torch.Tensor | None) -> list[TrialRow]:

@@ -257,6 +257,7 @@ class SystolicArray:
         self._faults: dict[int, ArrayFault] = {}
         self._next_id = 0
         self._plans: dict[tuple, MatmulPlan] = {}
+        self._stack: tuple[tuple[ArrayFault, ...], ...] | None = None
 
     # ----------------------------------------------------------------- geometry and faults
     @property
@@ -307,6 +308,42 @@ class SystolicArray:
         """Take every fault off."""
         self._faults.clear()
         self._plans.clear()
+
+    def stack_faults(self, fault_sets) -> RemovableHandle:
+        """Run several fault sets in one forward of the systolic layers: with ``K`` sets, a
+        layer's batch is split into ``K`` equal blocks and block ``k`` runs with the array's
+        faults plus ``fault_sets[k]``, as if it ran alone (each block is its own product).
+        Every fault is checked first. ``remove()`` on the returned handle ends the stack.
+
+        Example:
+            >>> array = SystolicArray(ArrayConfig(4, 4, 8))
+            >>> with array.stack_faults([[ArrayFault("a", 1, 1, 1)], []]):
+            ...     array.fault_blocks()[1]
+            ()
+        """
+        sets = tuple(tuple(fault_set) for fault_set in fault_sets)
+        if not sets:
+            raise QFaultConfigError("fault_sets", list(fault_sets), "at least one fault set")
+        for fault_set in sets:
+            for fault in fault_set:
+                self.check_fault(fault)
+        self._stack = sets
+        self._plans.clear()
+        handle = RemovableHandle()
+
+        def end() -> None:
+            if self._stack is sets:
+                self._stack = None
+                self._plans.clear()
+
+        handle._undo.append(end)
+        return handle
+
+    def fault_blocks(self) -> list[tuple[ArrayFault, ...]] | None:
+        """The fault set of each block of a stacked forward (None: not stacked)."""
+        if self._stack is None:
+            return None
+        return [self.faults + extra for extra in self._stack]
 
     def reached_iterations(self, fault: ArrayFault, shape: tuple[int, int, int]) -> torch.Tensor:
         """The iterations (n, 3), 0-based (i, j, k), where ``fault`` acts in an

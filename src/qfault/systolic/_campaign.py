@@ -102,11 +102,10 @@ class SystolicFaults:
     def space(self, array: SystolicArray, model: nn.Module) -> "FaultSpace":
         """The fault space on ``array`` for ``model`` (whose layers run on it: ``channels="auto"``
         counts its conv layers' output channels)."""
-        from ._layers import SystolicConv2d, systolic_layers
+        from ._layers import systolic_layers
 
         if self.channels == "auto":
-            convs = [m.out_channels for m in systolic_layers(model).values()
-                     if isinstance(m, SystolicConv2d) and m.array is array]
+            convs = [m.out_channels for m in systolic_layers(model).values() if m.is_conv and m.array is array]
             channels = max(convs, default=1)
         else:
             channels = self.channels
