@@ -321,3 +321,36 @@ def test_brevitas_model_with_float_inputs_on_a_float_array():
         fault.remove()
         handle.remove()
         assert torch.equal(model(x), clean)
+
+
+def test_band_shortcut_equals_the_full_reduction(monkeypatch):
+    """Conv outputs skip the structural zeros of the banded lowered kernel only where that is
+    exact; with infinities (0 * inf = NaN), b faults setting bits of those zeros or line-c
+    faults it falls back. Both paths give the same bits on every case here."""
+    import qfault.systolic._layers as layers
+
+    rng = np.random.default_rng(8)
+    conv = _integer_conv(9, cin=2, cout=3, k=3, stride=(1, 2), padding=(1, 1))
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape))
+    array = SystolicArray(ArrayConfig(8, 8, 40, "output_stationary"))
+    layer = SystolicConv2d(conv, array)
+    x = torch.randn(2, 2, 6, 9)
+    original = layers._band_values
+    cases = [ArrayFault("a", 1, 1, 1, 1), ArrayFault("b", 1, 1, 1, 1), ArrayFault("b", 2, 2, 30, 1, msb="last")]
+    pes = array.pes()
+    cases += [ArrayFault("ab"[i % 2], *pes[rng.integers(len(pes))], int(rng.integers(32)), int(rng.integers(3)))
+              for i in range(12)]
+    used = 0
+    with torch.no_grad():
+        for fault in cases:
+            array.clear_faults()
+            array.add_fault(fault)
+            calls = []
+            monkeypatch.setattr(layers, "_band_values", lambda *a: calls.append(original(*a)) or calls[-1])
+            fast = layer(x)
+            used += bool(calls) and calls[0] is not None
+            monkeypatch.setattr(layers, "_band_values", lambda *a: None)
+            full = layer(x)
+            assert torch.equal(_bits(fast), _bits(full)), fault
+    assert 0 < used < len(cases)  # both paths ran

@@ -220,6 +220,16 @@ class MatmulPlan:
     def empty(self) -> bool:
         return self.rows.numel() == 0
 
+    def restrict(self, positions: torch.Tensor, lines: tuple[str, ...] = ("a", "b")) -> "MatmulPlan":
+        """The plan of the same outputs over a subset of the reduction: output q keeps the
+        reduction positions ``positions[q]`` (Q, n) only (one k tile; no line-c masks, whose
+        ops depend on every step). Masks of ``lines`` come along; other lines are dropped."""
+        if self.k_tiles != 1 or "c" in self.masks:
+            raise ValueError("only single-tile plans without line-c masks can be restricted")
+        masks = {line: (keep.gather(1, positions), xor.gather(1, positions))
+                 for line, (keep, xor) in self.masks.items() if line in lines}
+        return MatmulPlan(self.rows, self.cols, positions.shape[1], 1, masks, ())
+
     def to(self, device: torch.device) -> "MatmulPlan":
         if self.rows.device == device:
             return self
@@ -478,6 +488,12 @@ class SystolicArray:
         cols = b.index_select(-1, plan.cols).transpose(-1, -2)   # (..., Q, k)
         values = self.recompute(rows, cols, plan)
         return replace_outputs(clean, (Ellipsis, plan.rows, plan.cols), values)
+
+    def mask_operands(self, values: torch.Tensor, plan: MatmulPlan, line: str) -> torch.Tensor:
+        """``values`` (..., Q, K) of line ``a`` or ``b`` with the plan's masks of that line applied."""
+        if line not in plan.masks:
+            return values
+        return _apply_masks(values, *plan.masks[line], self.widths[line])
 
     def clean_matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """A @ B in the array's arithmetic with no faults (integers wrap in the mac width)."""

@@ -22,7 +22,7 @@ from .._errors import QFaultConfigError
 from ..layers import register_layer_swap
 from ._array import ArrayConfig, MatmulPlan, SystolicArray, replace_outputs
 from ._brevitas import BrevitasSystolic, brevitas_kind, systolic_brevitas
-from ._lowering import entry_columns, lower_activation
+from ._lowering import kernel_columns, lower_activation
 
 
 class _SystolicLayer(nn.Module):
@@ -40,33 +40,21 @@ class _SystolicLayer(nn.Module):
     def _operand(self, value: torch.Tensor, name: str) -> torch.Tensor:
         return self.array.cast(value.detach(), name)
 
-def _entries(array: SystolicArray, tiling: bool | None, shape: tuple[int, int, int], batch: int,
-             channels: int | None) -> tuple | None:
-    """Every output a fault reaches in one forward, as one combined plan.
-
-    Returns None when nothing is reached, else ``(plan, block, channel, per_block)``: the plan's
-    entries are (block of the batch, output channel, row, column) outputs of the ``(m, k, n)``
-    product ``shape``; ``block``/``channel`` (E,) give the first two (channel 0 for linear
-    layers), ``per_block`` the images per block (see :meth:`SystolicArray.stack_faults`).
-    """
+def _parts(array: SystolicArray, tiling: bool | None, shape: tuple[int, int, int], batch: int,
+           channels: int | None) -> tuple[list[tuple[MatmulPlan, torch.Tensor | None, int]], int]:
+    """What the faults reach in one forward: ``(parts, per_block)``, each part ``(plan, output
+    channels or None for all, block)`` for the ``(m, k, n)`` product ``shape`` of the images of
+    one block of the batch (``per_block`` images each; one block unless
+    :meth:`SystolicArray.stack_faults` holds several fault sets). One part per distinct fault
+    subset: their number grows with the faults, not with the outputs."""
     blocks = array.fault_blocks()
     if blocks is None:
         blocks = [array.faults]
     if len(blocks) > 1 and batch % len(blocks):
         raise QFaultConfigError("batch", batch, f"a multiple of the {len(blocks)} stacked fault sets")
-    parts = []
-    for block, faults in enumerate(blocks):
-        for plan, chans in _groups(array, tiling, shape, faults, channels):
-            count = 1 if channels is None else (channels if chans is None else chans.numel())
-            chans = torch.zeros(1, dtype=torch.long) if channels is None else (
-                torch.arange(channels) if chans is None else chans)
-            parts.append((plan, count, chans, block))
-    if not parts:
-        return None
-    plan = _combine(parts)
-    block = torch.cat([torch.full((p.rows.numel() * n,), b, dtype=torch.long) for p, n, _, b in parts])
-    channel = torch.cat([c.repeat_interleave(p.rows.numel()) for p, _, c, _ in parts])
-    return plan, block, channel, batch // len(blocks)
+    parts = [(plan, chans, block) for block, faults in enumerate(blocks)
+             for plan, chans in _groups(array, tiling, shape, faults, channels)]
+    return parts, batch // len(blocks)
 
 
 def _groups(array: SystolicArray, tiling: bool | None, shape: tuple[int, int, int], faults: tuple,
@@ -100,20 +88,18 @@ def linear_on_array(array: SystolicArray, tiling: bool | None, a: torch.Tensor, 
     array: ``a`` (batch, in) @ ``b`` (in, out), both in the input dtype, times ``scale[out]``
     (integer codes: the dequantization scale; None: 1), plus ``bias``."""
     batch, features = a.shape
-    blocks = array.fault_blocks()
-    per_block = batch // len(blocks) if blocks and batch % len(blocks) == 0 else batch
-    found = _entries(array, tiling, (per_block, features, b.shape[1]), batch, None)
-    if found is None:
-        return clean
-    plan, block, _, per_block = found
-    plan, block = plan.to(a.device), block.to(a.device)
-    rows = block * per_block + plan.rows                                     # rows of the whole batch
-    values = array.recompute(a.index_select(0, rows), b.index_select(1, plan.cols).t(), plan).to(clean.dtype)
-    if scale is not None:
-        values = values * scale.index_select(0, plan.cols)
-    if bias is not None:
-        values = values + bias.detach().index_select(0, plan.cols)
-    return replace_outputs(clean, (rows, plan.cols), values)
+    blocks = len(array.fault_blocks() or [()])
+    parts, per_block = _parts(array, tiling, (batch // blocks, features, b.shape[1]), batch, None)
+    for plan, _, block in parts:
+        plan = plan.to(a.device)
+        rows = block * per_block + plan.rows                                 # rows of the whole batch
+        values = array.recompute(a.index_select(0, rows), b.index_select(1, plan.cols).t(), plan).to(clean.dtype)
+        if scale is not None:
+            values = values * scale.index_select(0, plan.cols)
+        if bias is not None:
+            values = values + bias.detach().index_select(0, plan.cols)
+        clean = replace_outputs(clean, (rows, plan.cols), values)
+    return clean
 
 
 def conv_on_array(array: SystolicArray, tiling: bool | None, xa: torch.Tensor, wa: torch.Tensor,
@@ -127,50 +113,63 @@ def conv_on_array(array: SystolicArray, tiling: bool | None, xa: torch.Tensor, w
     sh, sw = stride
     height, width = xa.shape[-2:]
     oh, ow = (height - kh) // sh + 1, (width - kw) // sw + 1
-    found = _entries(array, tiling, (oh, kh * width, ow), xa.shape[0], wa.shape[0])
-    if found is None:
+    parts, per_block = _parts(array, tiling, (oh, kh * width, ow), xa.shape[0], wa.shape[0])
+    if not parts:
         return clean
-    plan, block, channel, per_block = found
     device = xa.device
-    plan, block, channel = plan.to(device), block.to(device), channel.to(device)
-    lowered = lower_activation(xa, kernel_size, stride).unflatten(0, (-1, per_block))  # (blocks, b, Cin, oh, kh*W)
-    rows = lowered[block, :, :, plan.rows].permute(1, 2, 0, 3)                        # (b, Cin, E, kh*W)
-    columns = entry_columns(wa.index_select(0, channel), plan.cols, width, stride)    # (E, Cin, kh*W)
-    values = array.recompute(rows, columns.transpose(0, 1).unsqueeze(0), plan).to(clean.dtype)  # (b, Cin, E)
-    if scale is not None:
-        values = values * scale.index_select(0, channel)
-    total = torch.zeros(values.shape[0], values.shape[2], dtype=clean.dtype, device=device)
-    if bias is not None:
-        total = total + bias.detach().index_select(0, channel)
-    for ci in range(xa.shape[1]):  # the tool's channel order: bias, then += each input channel
-        total = total + values[:, ci]
-    images = block[None, :] * per_block + torch.arange(per_block, device=device)[:, None]   # (b, E)
-    return replace_outputs(clean, (images, channel[None, :], plan.rows[None, :], plan.cols[None, :]), total)
+    lowered = lower_activation(xa, kernel_size, stride)                       # (B, Cin, oh, kh*W)
+    for plan, chans, block in parts:
+        plan = plan.to(device)
+        chans = torch.arange(wa.shape[0], device=device) if chans is None else chans.to(device)
+        images = slice(block * per_block, (block + 1) * per_block)
+        rows = lowered[images].index_select(2, plan.rows)                     # (b, Cin, Q, kh*W), once
+        kernels = wa.index_select(0, chans)
+        values = _band_values(array, rows, kernels, plan, stride)
+        if values is None:
+            columns = kernel_columns(kernels, plan.cols, width, stride)       # (C, Cin, Q, kh*W)
+            values = array.recompute(rows.unsqueeze(1), columns.unsqueeze(0), plan)
+        values = values.to(clean.dtype)                                       # (b, C, Cin, Q)
+        if scale is not None:
+            values = values * scale.index_select(0, chans).view(1, -1, 1, 1)
+        total = torch.zeros(values.shape[0], values.shape[1], values.shape[3], dtype=clean.dtype, device=device)
+        if bias is not None:
+            total = total + bias.detach().index_select(0, chans).view(1, -1, 1)
+        for ci in range(xa.shape[1]):  # the tool's channel order: bias, then += each input channel
+            total = total + values[:, :, ci]
+        index = (images, chans[:, None], plan.rows[None, :], plan.cols[None, :])
+        clean = replace_outputs(clean, index, total)
+    return clean
 
 
-def _combine(parts: list[tuple[MatmulPlan, int, torch.Tensor, int]]) -> MatmulPlan:
-    """One plan whose entries are those of each ``(plan, count, ...)`` repeated ``count`` times
-    (one copy per output channel); lines a part lacks get identity masks there."""
-    if len(parts) == 1 and parts[0][1] == 1:
-        return parts[0][0]
-    first = parts[0][0]
-    rows = torch.cat([p.rows.repeat(n) for p, n, _, _ in parts])
-    cols = torch.cat([p.cols.repeat(n) for p, n, _, _ in parts])
-    masks = {}
-    for line in sorted({line for p, _, _, _ in parts for line in p.masks}):
-        dtype = next(p.masks[line][0].dtype for p, _, _, _ in parts if line in p.masks)
-        keeps, xors = [], []
-        for p, n, _, _ in parts:
-            if line in p.masks:
-                keeps.append(p.masks[line][0].repeat(n, 1))
-                xors.append(p.masks[line][1].repeat(n, 1))
-            else:
-                size = (p.rows.numel() * n, first.depth * first.k_tiles)
-                keeps.append(torch.full(size, -1, dtype=dtype))
-                xors.append(torch.zeros(size, dtype=dtype))
-        masks[line] = (torch.cat(keeps), torch.cat(xors))
-    c_columns = tuple(sorted({c for p, _, _, _ in parts for c in p.c_columns}))
-    return MatmulPlan(rows, cols, first.depth, first.k_tiles, masks, c_columns)
+def _band_values(array: SystolicArray, rows: torch.Tensor, kernels: torch.Tensor, plan: MatmulPlan,
+                 stride: tuple[int, int]) -> torch.Tensor | None:
+    """The planned outputs from the kernel's band of each lowered column only, or None when
+    that would not be exact.
+
+    Column c of a lowered kernel is zero outside rows c*sw*kh ... c*sw*kh + kh*kw - 1, so the
+    products there are +-0, which leave a partial sum unchanged (it is never -0: it starts at +0
+    and only a line-c fault could make it -0). Skipping them is exact unless a line-c mask acts
+    (its ops run at every step), a b mask sets a bit of those zeros, or an operand there is not
+    finite (inf * 0 = NaN); then None.
+    """
+    if plan.k_tiles != 1 or "c" in plan.masks:
+        return None
+    kh, kw = kernels.shape[-2:]
+    band = kh * kw
+    positions = plan.cols[:, None] * (stride[1] * kh) + torch.arange(band, device=rows.device)   # (Q, band)
+    outside = torch.ones(plan.cols.numel(), rows.shape[-1], dtype=torch.bool, device=rows.device)
+    outside.scatter_(1, positions, False)
+    if "b" in plan.masks and bool((plan.masks["b"][1][outside] != 0).any()):
+        return None
+    rows = array.mask_operands(rows, plan, "a")
+    if rows.is_floating_point():
+        bad = ~torch.isfinite(rows)
+        if bool(bad.any()) and bool((bad & outside).any()):
+            return None
+    rows = rows.gather(-1, positions.expand(*rows.shape[:-1], band))                            # (b, Cin, Q, band)
+    flat = kernels.transpose(-1, -2).reshape(*kernels.shape[:2], 1, band)                        # column-major
+    columns = flat.expand(*kernels.shape[:2], plan.cols.numel(), band)                           # (C, Cin, Q, band)
+    return array.recompute(rows.unsqueeze(1), columns.unsqueeze(0), plan.restrict(positions, lines=("b",)))
 
 
 class SystolicLinear(_SystolicLayer):

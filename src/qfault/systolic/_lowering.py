@@ -58,14 +58,3 @@ def lower_kernel(kernel: torch.Tensor, input_width: int, stride=1) -> torch.Tens
     columns = torch.arange(ow, device=kernel.device)
     return kernel_columns(kernel, columns, input_width, stride).transpose(-1, -2)
 
-
-def entry_columns(kernels: torch.Tensor, columns: torch.Tensor, input_width: int, stride=1) -> torch.Tensor:
-    """One lowered-kernel column per entry: kernels (E, ..., kh, kw) and columns (E,) ->
-    (E, ..., kh * W), entry e holding column ``columns[e]`` of its own kernel's lowered matrix."""
-    kh, kw = kernels.shape[-2:]
-    (_, sw) = _pair(stride, "stride")
-    flat = kernels.transpose(-1, -2).reshape(*kernels.shape[:-2], kh * kw)            # column-major
-    offsets = columns * (sw * kh)                                                      # (E,)
-    positions = offsets.view(-1, *([1] * (flat.dim() - 1))) + torch.arange(kh * kw, device=kernels.device)
-    out = torch.zeros(*flat.shape[:-1], kh * input_width, dtype=kernels.dtype, device=kernels.device)
-    return out.scatter_(-1, positions.expand_as(flat), flat)
