@@ -39,7 +39,8 @@ __all__ = list(_EXPORTS) + ["__version__"]
 
 
 #: subpackages reached as attributes of ``qfault`` (imported on first use)
-_SUBPACKAGES = ("config", "formats", "faults", "injection", "layers", "mitigation", "sensitivity", "campaign", "data",
+_SUBPACKAGES = ("config", "formats", "faults", "injection", "layers", "mitigation", "sensitivity", "systolic", "train",
+               "campaign", "data",
                "compat",
                "cli")
 

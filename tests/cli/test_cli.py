@@ -27,7 +27,7 @@ def test_subcommands_are_classes_with_one_module_each(capsys):
     from qfault.cli._subcommand import Subcommand
 
     names = [cls.name for cls in SUBCOMMANDS]
-    assert names == ["demo", "campaign", "sensitivity", "ls", "cp"]
+    assert names == ["demo", "campaign", "train", "sensitivity", "ls", "cp"]
     assert len({cls.__module__ for cls in SUBCOMMANDS}) == len(SUBCOMMANDS)
     for cls in SUBCOMMANDS:
         assert isinstance(cls(), Subcommand)
@@ -86,6 +86,11 @@ def test_every_shipped_template_is_a_valid_spec(tmp_path):
             if name.startswith("sensitivity_"):  # a `qfault sensitivity` spec
                 job = check_dataclass(SensitivityJob, load_config(path, [], what="spec"), nested=_nested_checks())
                 assert job.sensitivity.method, name
+                continue
+            if name.startswith("fat_"):  # a `qfault train` config (seed 001's layout)
+                from qfault.train import FatConfig
+
+                assert FatConfig.from_yaml(path).fault_injection.enabled, name
                 continue
             spec = CampaignSpec.from_yaml(path, [f"store={tmp_path / name}.db"])
         assert spec.points(), name

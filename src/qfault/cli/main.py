@@ -1,4 +1,4 @@
-"""``qfault``: a command line of subcommands (``demo``, ``campaign``, ``sensitivity``, ``ls``, ``cp``).
+"""``qfault``: a command line of subcommands (``demo``, ``campaign``, ``train``, ``sensitivity``, ``ls``, ``cp``).
 
 Each subcommand is a class in its own module (see :class:`~qfault.cli._subcommand.Subcommand`)
 listed in :data:`SUBCOMMANDS`. Only the standard library is imported to build the parser, so
@@ -17,9 +17,10 @@ from .cp import Cp
 from .demo import Demo
 from .ls import Ls
 from .sensitivity import Sensitivity
+from .train import Train
 
 #: the subcommands, in the order ``qfault --help`` lists them
-SUBCOMMANDS: tuple[type, ...] = (Demo, Campaign, Sensitivity, Ls, Cp)
+SUBCOMMANDS: tuple[type, ...] = (Demo, Campaign, Train, Sensitivity, Ls, Cp)
 
 
 class _Parser(argparse.ArgumentParser):
