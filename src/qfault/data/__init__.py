@@ -2,6 +2,7 @@
 
 from ._digits import load_digits_split
 from ._models import MODELS, accuracy, build_model, cache_dir, list_models, load_demo_model, train_classifier
+from . import _brevitas_models  # noqa: F401,E402  (registers quant_cnv and quant_resnet20)
 from ._folders import (
     DATASETS, ImageNetValFolder, build_dataset, cifar10, digits_dataset, imagenet_val, list_datasets,
     make_loader, mnist, register_dataset,

@@ -225,6 +225,16 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return 100.0 * correct / len(y)
 
 
+#: the bundled digits' shape, given to builders that take these arguments when the caller does not
+DIGITS_SHAPE = {"in_channels": 1, "image_size": 8, "num_classes": 10}
+
+
+def _digits_kwargs(name: str, model_kwargs: dict) -> dict:
+    """``model_kwargs`` with the digits' shape filled in where the builder takes it."""
+    accepted = inspect.signature(MODELS.get(name)).parameters
+    return {**{k: v for k, v in DIGITS_SHAPE.items() if k in accepted and k not in model_kwargs}, **model_kwargs}
+
+
 def _check_model_kwargs(name: str, model_kwargs: dict | None) -> dict:
     """``model_kwargs`` as a dict whose keys the builder of ``name`` takes (else one clear error)."""
     if model_kwargs is None:
@@ -322,9 +332,11 @@ def load_demo_model(name: str = "digits_cnn", *, epochs: int | None = None, cach
     recipe = training_recipe(name)
     epochs = recipe.epochs if epochs is None else epochs
     model_kwargs = _check_model_kwargs(name, model_kwargs)
+    defaults = _digits_kwargs(name, {})  # the digits' shape, for builders that take it: not a variant
+    model_kwargs = _digits_kwargs(name, model_kwargs)
     specs = _training_specs(train_faults)
     variant = ""
-    if model_kwargs or specs:  # a variant: its own cache file, named by what makes it one
+    if (model_kwargs and model_kwargs != defaults) or specs:  # a variant: its own cache file, named by what makes it one
         # files among the arguments (e.g. a bit-width JSON) count by their content, not their path
         files = {k: hashlib.sha256(Path(v).read_bytes()).hexdigest() for k, v in model_kwargs.items()
                  if isinstance(v, (str, os.PathLike)) and Path(v).is_file()}
