@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_lsq.py
 	$(BIN)/python bench/bench_lsq_accuracy.py
 	$(BIN)/python bench/bench_sensitivity.py
+	$(BIN)/python bench/bench_systolic.py
 
 clean:
 	rm -rf $(VENV) demo-results

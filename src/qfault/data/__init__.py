@@ -2,7 +2,7 @@
 
 from ._digits import load_digits_split
 from ._models import MODELS, accuracy, build_model, cache_dir, list_models, load_demo_model, train_classifier
-from . import _brevitas_models  # noqa: F401,E402  (registers quant_cnv and quant_resnet20)
+from . import _brevitas_models as _registers_brevitas_models  # registers quant_cnv and quant_resnet20
 from ._folders import (
     DATASETS, ImageNetValFolder, build_dataset, cifar10, digits_dataset, imagenet_val, list_datasets,
     make_loader, mnist, register_dataset,
@@ -12,3 +12,5 @@ __all__ = ["load_digits_split", "build_model", "list_models", "train_classifier"
            "cache_dir", "load_demo_model",
            "DATASETS", "ImageNetValFolder", "build_dataset", "cifar10", "digits_dataset", "imagenet_val",
            "list_datasets", "make_loader", "mnist", "register_dataset"]
+
+del _registers_brevitas_models
