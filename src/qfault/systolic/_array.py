@@ -524,35 +524,41 @@ class SystolicArray:
             b_cols = _apply_masks(b_cols, *plan.masks["b"], self.widths["b"])
         floating = self.in_dtype.is_floating_point
         c_masks = plan.masks.get("c")
-        sequential = floating or c_masks is not None
-        if sequential:  # k-major operands give contiguous products for the k-ordered loop below
-            a_rows = a_rows.unflatten(-1, (k_tiles, depth)).movedim(-1, 0).contiguous()
-            b_cols = b_cols.unflatten(-1, (k_tiles, depth)).movedim(-1, 0).contiguous()
-        if floating:
-            products = a_rows * b_cols
-        else:
+        if not floating and c_masks is None:  # integers wrap: any summation order is exact
             products = _wrap(a_rows.to(torch.int64) * b_cols.to(torch.int64), self.widths["c"])
-        if sequential:
-            steps = products                                           # (depth, ..., Q, tiles)
-            if c_masks is not None:
-                keep, xor = (m.unflatten(-1, (k_tiles, depth)).movedim(-1, 0) for m in c_masks)
-            partial = torch.zeros(steps.shape[1:], dtype=self.mac_dtype if floating else torch.int64,
-                                  device=steps.device)
-            c_columns = set(plan.c_columns)
-            for kk in range(depth):
-                partial += steps[kk]
-                if not floating:
-                    partial = _wrap(partial, self.widths["c"])
-                if kk in c_columns:
-                    partial = _apply_masks(partial, keep[kk], xor[kk], self.widths["c"])
-        else:
-            partial = products.unflatten(-1, (k_tiles, depth)).sum(-1)   # (..., Q, tiles)
+            return _wrap(products.sum(-1), self.widths["c"]).to(self.mac_dtype)
+        # the k-ordered loop: operands k-major with the batch dimensions innermost, so every
+        # step adds one contiguous (Q, tiles, ...) slab of products (vectorized over the batch)
+        batch = torch.broadcast_shapes(a_rows.shape[:-2], b_cols.shape[:-2])
+        order = (len(batch) + 2, len(batch), len(batch) + 1, *range(len(batch)))
+
+        def k_major(x: torch.Tensor) -> torch.Tensor:
+            x = x.reshape(*((1,) * (len(batch) + 2 - x.dim())), *x.shape)   # same number of dims
+            return x.unflatten(-1, (k_tiles, depth)).permute(order).contiguous()  # (depth, Q, tiles, ...)
+
+        a_rows, b_cols = k_major(a_rows), k_major(b_cols)
         if floating:
-            total = torch.zeros(partial.shape[:-1], dtype=self.mac_dtype, device=partial.device)
+            steps = a_rows * b_cols
+        else:
+            steps = _wrap(a_rows.to(torch.int64) * b_cols.to(torch.int64), self.widths["c"])
+        if c_masks is not None:  # (Q, tiles*depth) -> (depth, Q, tiles, 1, ...)
+            keep, xor = (m.unflatten(-1, (k_tiles, depth)).movedim(-1, 0).reshape(
+                depth, -1, k_tiles, *((1,) * len(batch))) for m in c_masks)
+        partial = torch.zeros(steps.shape[1:], dtype=self.mac_dtype if floating else torch.int64, device=steps.device)
+        c_columns = set(plan.c_columns)
+        for kk in range(depth):
+            partial += steps[kk]
+            if not floating:
+                partial = _wrap(partial, self.widths["c"])
+            if kk in c_columns:
+                partial = _apply_masks(partial, keep[kk], xor[kk], self.widths["c"])
+        if floating:
+            total = torch.zeros((partial.shape[0], *partial.shape[2:]), dtype=self.mac_dtype, device=partial.device)
             for tile in range(k_tiles):
-                total += partial[..., tile]
-            return total
-        return _wrap(partial.sum(-1), self.widths["c"]).to(self.mac_dtype)
+                total += partial[:, tile]
+        else:
+            total = _wrap(partial.sum(1), self.widths["c"]).to(self.mac_dtype)
+        return total.movedim(0, -1)                                          # (..., Q)
 
     def __eq__(self, other: object) -> bool:
         """Arrays are equal when they have the same configuration and the same faults, in order."""

@@ -127,7 +127,7 @@ def conv_on_array(array: SystolicArray, tiling: bool | None, xa: torch.Tensor, w
         values = _band_values(array, rows, kernels, plan, stride)
         if values is None:
             columns = kernel_columns(kernels, plan.cols, width, stride)       # (C, Cin, Q, kh*W)
-            values = array.recompute(rows.unsqueeze(1), columns.unsqueeze(0), plan)
+            values = _recompute_images_last(array, rows, columns, plan)
         values = values.to(clean.dtype)                                       # (b, C, Cin, Q)
         if scale is not None:
             values = values * scale.index_select(0, chans).view(1, -1, 1, 1)
@@ -169,7 +169,16 @@ def _band_values(array: SystolicArray, rows: torch.Tensor, kernels: torch.Tensor
     rows = rows.gather(-1, positions.expand(*rows.shape[:-1], band))                            # (b, Cin, Q, band)
     flat = kernels.transpose(-1, -2).reshape(*kernels.shape[:2], 1, band)                        # column-major
     columns = flat.expand(*kernels.shape[:2], plan.cols.numel(), band)                           # (C, Cin, Q, band)
-    return array.recompute(rows.unsqueeze(1), columns.unsqueeze(0), plan.restrict(positions, lines=("b",)))
+    return _recompute_images_last(array, rows, columns, plan.restrict(positions, lines=("b",)))
+
+
+def _recompute_images_last(array: SystolicArray, rows: torch.Tensor, columns: torch.Tensor, plan: MatmulPlan
+                           ) -> torch.Tensor:
+    """``recompute`` of rows (b, Cin, Q, K) against columns (C, Cin, Q, K) with the images as
+    the innermost batch dimension (the k-ordered loop then runs over contiguous images);
+    returns (b, C, Cin, Q)."""
+    values = array.recompute(rows.transpose(0, 1).unsqueeze(0), columns.unsqueeze(2), plan)     # (C, Cin, b, Q)
+    return values.permute(2, 0, 1, 3)
 
 
 class SystolicLinear(_SystolicLayer):
