@@ -27,7 +27,7 @@ def test_subcommands_are_classes_with_one_module_each(capsys):
     from qfault.cli._subcommand import Subcommand
 
     names = [cls.name for cls in SUBCOMMANDS]
-    assert names == ["demo", "campaign", "train", "sensitivity", "ls", "cp"]
+    assert names == ["demo", "campaign", "train", "evaluate", "sensitivity", "ls", "cp"]
     assert len({cls.__module__ for cls in SUBCOMMANDS}) == len(SUBCOMMANDS)
     for cls in SUBCOMMANDS:
         assert isinstance(cls(), Subcommand)

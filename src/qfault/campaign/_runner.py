@@ -67,10 +67,27 @@ def build_campaign_model(source, log: Callable[[str], None] = print) -> nn.Modul
             state = state["model_state_dict"]
         try:
             model.load_state_dict(state)
-        except Exception as exc:
+        except Exception as exc:  # name the first key that does not fit, with its shapes
             raise QFaultConfigError("model.path", source.path, f"a state dict for {type(model).__name__}",
-                                    hint=str(exc).splitlines()[0]) from None
+                                    hint=_first_mismatch(model, state) or str(exc).splitlines()[0]) from None
     return model.eval()
+
+
+def _first_mismatch(model: nn.Module, state: Any) -> str | None:
+    """The first key where ``state`` does not fit ``model`` (missing, unexpected, another shape)."""
+    if not isinstance(state, dict):
+        return f"a mapping of tensors, not {type(state).__name__}"
+    own = model.state_dict()
+    for key, value in own.items():
+        if key not in state:
+            return f"missing key {key!r} (shape {tuple(value.shape)})"
+        other = state[key]
+        if isinstance(other, torch.Tensor) and tuple(other.shape) != tuple(value.shape):
+            return f"key {key!r}: checkpoint shape {tuple(other.shape)}, model shape {tuple(value.shape)}"
+    unexpected = [key for key in state if key not in own]
+    if unexpected:
+        return f"unexpected key {unexpected[0]!r}"
+    return None
 
 
 def load_batches(spec: CampaignSpec) -> list[tuple[torch.Tensor, torch.Tensor]]:

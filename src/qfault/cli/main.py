@@ -1,4 +1,4 @@
-"""``qfault``: a command line of subcommands (``demo``, ``campaign``, ``train``, ``sensitivity``, ``ls``, ``cp``).
+"""``qfault``: a command line of subcommands (``demo``, ``campaign``, ``train``, ``evaluate``, ``sensitivity``, ``ls``, ``cp``).
 
 Each subcommand is a class in its own module (see :class:`~qfault.cli._subcommand.Subcommand`)
 listed in :data:`SUBCOMMANDS`. Only the standard library is imported to build the parser, so
@@ -15,12 +15,13 @@ from ._subcommand import Subcommand
 from .campaign import Campaign
 from .cp import Cp
 from .demo import Demo
+from .evaluate import Evaluate
 from .ls import Ls
 from .sensitivity import Sensitivity
 from .train import Train
 
 #: the subcommands, in the order ``qfault --help`` lists them
-SUBCOMMANDS: tuple[type, ...] = (Demo, Campaign, Train, Sensitivity, Ls, Cp)
+SUBCOMMANDS: tuple[type, ...] = (Demo, Campaign, Train, Evaluate, Sensitivity, Ls, Cp)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -67,12 +67,17 @@ def build_datasets(config: Any) -> tuple[Any, Any]:
     return build_dataset({**spec, "train": True}), build_dataset({**spec, "train": False})
 
 
-def build_fat_model(config: Any, train_set: Any) -> Any:
-    """The registered model ``config.model.name`` with its ``kwargs``, the ``quantization`` widths
-    and the data set's shape (``in_channels``, ``image_size``, ``num_classes``) for builders
-    that take them."""
+def model_kwargs(config: Any, train_set: Any) -> dict:
+    """The builder arguments of ``config.model``: its ``kwargs``, the ``quantization`` widths and
+    the data set's shape (``in_channels``, ``image_size``, ``num_classes``) where the builder
+    takes them.
+
+    Raises:
+        QFaultConfigError: an unknown model name, a bit width the builder does not take, an
+            argument it does not know.
+    """
     from .._errors import QFaultConfigError
-    from ..data import MODELS, build_model
+    from ..data import MODELS
 
     try:
         builder = MODELS.get(config.model.name)
@@ -103,7 +108,14 @@ def build_fat_model(config: Any, train_set: Any) -> Any:
     if unknown:
         raise QFaultConfigError(f"model.kwargs.{unknown[0]}", kwargs[unknown[0]],
                                 f"arguments of {config.model.name}: " + ", ".join(sorted(accepted)))
-    return build_model(config.model.name, **kwargs)
+    return kwargs
+
+
+def build_fat_model(config: Any, train_set: Any) -> Any:
+    """The registered model ``config.model.name`` built with :func:`model_kwargs`."""
+    from ..data import build_model
+
+    return build_model(config.model.name, **model_kwargs(config, train_set))
 
 
 def _print_history(config: Any, result: Any) -> None:
