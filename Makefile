@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_lsq_accuracy.py
 	$(BIN)/python bench/bench_sensitivity.py
 	$(BIN)/python bench/bench_systolic.py
+	$(BIN)/python bench/bench_fat.py
 
 clean:
 	rm -rf $(VENV) demo-results
