@@ -152,3 +152,18 @@ def test_cli_train(tmp_path, capsys, monkeypatch):
     assert "model.name='digits_cn'" in capsys.readouterr().err
     assert main(["train", "--config", "fat_digits.yaml", "model.kwargs.depth=3", "name=y", "--no-progress"]) == 2
     assert "model.kwargs.depth=3" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(SEED_DOC is None, reason="seed document not beside the project")
+def test_the_seeds_example_configs_run_on_the_embedded_default(tmp_path, monkeypatch):
+    """Every example config of the seed runs with only ``dataset`` changed (and one epoch)."""
+    monkeypatch.chdir(tmp_path)
+    examples = [b for b in _yaml_blocks(SEED_DOC.read_text()) if isinstance(b, dict) and "fault_injection" in b]
+    complete = [b for b in examples if {"model", "training"} <= set(b)]
+    assert len(complete) == 2  # the FAT training and the fault evaluation configs (quant_cnv)
+    for index, data in enumerate(complete + examples[:1]):
+        path = tmp_path / f"example{index}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        assert main(["train", "--config", str(path), "dataset=digits", "training.epochs=1", f"name=ex{index}",
+                     f"checkpoint.dir={tmp_path / 'runs'}", "--no-progress"]) == 0
+        assert (tmp_path / "runs" / f"ex{index}" / "last.pt").exists()
