@@ -40,6 +40,7 @@ class _SystolicLayer(nn.Module):
     def _operand(self, value: torch.Tensor, name: str) -> torch.Tensor:
         return self.array.cast(value.detach(), name)
 
+
 def _parts(array: SystolicArray, tiling: bool | None, shape: tuple[int, int, int], batch: int,
            channels: int | None) -> tuple[list[tuple[MatmulPlan, torch.Tensor | None, int]], int]:
     """What the faults reach in one forward: ``(parts, per_block)``, each part ``(plan, output

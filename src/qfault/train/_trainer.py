@@ -247,7 +247,7 @@ def _train_epoch(model, train_set, val_set, config: FatConfig, optimizer, schedu
         else None
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
-    bar = _bar(progress, f"epoch {epoch}", steps)
+    bar = _Bar(progress, f"epoch {epoch}", steps)
     try:
         for step, (x, y) in enumerate(loader):
             if handle is not None:
@@ -275,7 +275,7 @@ def _train_epoch(model, train_set, val_set, config: FatConfig, optimizer, schedu
         with inject(model, fault_specs(fi, derive_seed(faults_seed, "eval", epoch) >> 1)) as faulted:
             val_faulty = evaluate_accuracy(model, val_set)
             if fi.track_statistics and fi.apply_during in ("eval", "both"):
-                stats = faulted.statistics().to_dict() if hasattr(faulted.statistics(), "to_dict") else None
+                stats = faulted.statistics().to_dict()
     metrics = EpochMetrics(epoch, total_loss / max(1, seen), 100.0 * correct / max(1, seen), val_clean, val_faulty,
                            int(schedule.sum()), steps, learning_rate, time.monotonic() - start)
     return metrics, stats
@@ -373,7 +373,7 @@ def _plot_curves(path: Path, history: list[EpochMetrics], name: str) -> Path:
     return path
 
 
-class _bar:
+class _Bar:
     """A rich progress bar per epoch with the running loss and accuracy (or nothing)."""
 
     def __init__(self, enabled: bool, label: str, total: int):
