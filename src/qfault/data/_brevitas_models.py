@@ -4,10 +4,9 @@ Seed 001 (fault-aware training of Brevitas networks) evaluates FINN's CNV topolo
 w4a4 and w8a8 and a quantized CIFAR ResNet-20. Both builders take the same arguments
 (``weight_bit_width``, ``act_bit_width``, ``in_channels``, ``image_size``, ``num_classes``,
 ``seed``), build deterministically from ``seed`` without touching the global RNG, and train on
-the bundled 8x8 digits through :func:`~qfault.data.load_demo_model`, e.g.
-``load_demo_model("quant_cnv", model_kwargs={"in_channels": 1, "image_size": 8})``. Their
-defaults are CIFAR-10's shapes (3x32x32, 10 classes), so training on the digits needs those two
-``model_kwargs``.
+the bundled 8x8 digits through :func:`~qfault.data.load_demo_model` (``load_demo_model("quant_cnv")``
+fills in the digits' shape), or on any data set through ``qfault train`` (which passes the data
+set's shape). Their defaults are CIFAR-10's shapes (3x32x32, 10 classes).
 """
 
 from __future__ import annotations
