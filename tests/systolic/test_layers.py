@@ -21,6 +21,7 @@ from qfault.systolic import (
     compatible_layers,
     lower_activation,
     lower_kernel,
+    model_array,
     systolic_layers,
 )
 
@@ -135,6 +136,9 @@ def test_swap_shares_one_array_and_removes_cleanly():
     assert handle.swapped == ["0", "2", "4"] == compatible_layers(original)
     layers = systolic_layers(model)
     assert {id(layer.array) for layer in layers.values()} == {id(handle.config.array)}
+    assert model_array(model) is handle.config.array
+    with pytest.raises(QFaultConfigError, match="runs on a systolic array|run on a systolic array"):
+        model_array(original)
     assert layers["0"].weight is original[0].weight or torch.equal(layers["0"].weight, original[0].weight)
     with torch.no_grad():
         assert torch.equal(model(x), reference)

@@ -131,13 +131,9 @@ def systolic_space(spec: CampaignSpec, model: nn.Module):
     ``model`` (whose layers already run on the array, see :func:`systolic_model`), or None."""
     if spec.systolic is None:
         return None
-    from ..systolic import SystolicFaults, systolic_layers
+    from ..systolic import SystolicFaults, model_array
 
-    layers = systolic_layers(model)
-    if not layers:
-        raise QFaultConfigError("systolic", "model", "a model whose layers run on the array (systolic_model)")
-    array = next(iter(layers.values())).array
-    return SystolicFaults(**spec.systolic).space(array, model)
+    return SystolicFaults(**spec.systolic).space(model_array(model), model)
 
 
 def systolic_model(spec: CampaignSpec, model: nn.Module) -> nn.Module:

@@ -269,12 +269,12 @@ def _run_trial(context: TrialContext, item: Item) -> tuple:
 
 
 def _run_systolic_trial(context: TrialContext, item: Item, point: PlannedPoint, seed: int) -> tuple:
-    from ..systolic import systolic_layers
+    from ..systolic import model_array
 
     spec = context.spec
     index, values, repetition = item
     fault_index, fault, batch = systolic_fault(spec, point, repetition, len(context.batches))
-    array = next(iter(systolic_layers(context.model).values())).array
+    array = model_array(context.model)
     batches = context.batches if batch is None else [context.batches[batch]]
     if batch is None:
         rows = None
@@ -297,10 +297,10 @@ def _systolic_stacked_rows(context: TrialContext, items: list[Item], point: Plan
     block is computed exactly as its trial alone. Trials are grouped by batch size; a group whose
     fault-free stacked forward does not reproduce the golden logits bit for bit (kernels may
     change with the batch size) runs one trial at a time."""
-    from ..systolic import systolic_layers
+    from ..systolic import model_array
 
     spec = context.spec
-    array = next(iter(systolic_layers(context.model).values())).array
+    array = model_array(context.model)
     drawn = [systolic_fault(spec, point, item[2], len(context.batches)) for item in items]
     offsets = [0]
     for x, _ in context.batches:

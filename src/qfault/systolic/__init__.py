@@ -25,7 +25,7 @@ from ._array import (
     SystolicCastingError,
 )
 from ._lowering import kernel_columns, lower_activation, lower_kernel, output_size
-from ._layers import SystolicConv2d, SystolicLayers, SystolicLinear, compatible_layers, systolic_layers
+from ._layers import SystolicConv2d, SystolicLayers, SystolicLinear, compatible_layers, model_array, systolic_layers
 from ._campaign import BATCH_MODES, SECTION_KEYS, FaultSpace, SystolicFaults, permuted_index
 from ._dataflow import DATAFLOWS, Dataflow, dataflow_matrix, get_dataflow, list_dataflows, register_dataflow
 
@@ -48,6 +48,7 @@ __all__ = [
     "SystolicLinear",
     "compatible_layers",
     "systolic_layers",
+    "model_array",
     "lower_activation",
     "lower_kernel",
     "kernel_columns",

@@ -93,8 +93,7 @@ def systolic_brevitas(module: nn.Module, array: SystolicArray, tiling: bool | No
     parameters, buffers and quantizers shared) running its products on ``array``."""
     kind = brevitas_kind(module)
     cls = globals()[_KINDS[kind]] if _KINDS[kind] in globals() else __getattr__(_KINDS[kind])
-    if kind == "QuantConv2d":
-        _check_conv(module)
+    padding = conv_padding(module) if kind == "QuantConv2d" else None  # checked before anything is built
     new = cls.__new__(cls)
     new.__dict__.update(module.__dict__)
     for slot in ("_modules", "_parameters", "_buffers", "_forward_hooks", "_forward_pre_hooks"):
@@ -102,27 +101,32 @@ def systolic_brevitas(module: nn.Module, array: SystolicArray, tiling: bool | No
             new.__dict__[slot] = type(module.__dict__[slot])(module.__dict__[slot])
     new.__dict__["array"] = array
     new.__dict__["tiling"] = tiling
-    if kind == "QuantConv2d":
-        new.__dict__["_padding"] = _padding(module)
+    if padding is not None:
+        new.__dict__["_padding"] = padding
     return new
 
 
-def _check_conv(module: nn.Module) -> None:
+def conv_padding(module: nn.Module) -> tuple[int, int]:
+    """The zero padding (ph, pw) of a conv layer a systolic array can run (groups 1, dilation 1,
+    zero padding; ``"same"`` only for odd kernels, as PyTorch pads it at stride 1).
+
+    Raises:
+        QFaultConfigError: a conv layer the single-channel lowering cannot compute.
+    """
     for name, value, allowed in (("groups", module.groups, 1), ("dilation", tuple(module.dilation), (1, 1)),
                                  ("padding_mode", module.padding_mode, "zeros")):
         if value != allowed:
             raise QFaultConfigError(name, value, f"{allowed} (systolic convolution)")
     if getattr(module, "is_same_padded_strided", False):
         raise QFaultConfigError("padding", module.padding, "explicit padding (not 'same' with stride)")
-
-
-def _padding(module: nn.Module) -> tuple[int, int]:
     padding = module.padding
-    if isinstance(padding, str):
-        if padding == "valid":
-            return (0, 0)
-        return tuple(k // 2 for k in module.kernel_size)
-    return tuple(padding)
+    if not isinstance(padding, str):
+        return tuple(padding)
+    if padding == "valid":
+        return (0, 0)
+    if any(k % 2 == 0 for k in module.kernel_size):
+        raise QFaultConfigError("padding", padding, "'valid', integers, or 'same' with odd kernels")
+    return tuple(k // 2 for k in module.kernel_size)
 
 
 def __getattr__(name: str) -> Any:

@@ -21,7 +21,7 @@ from torch import nn
 from .._errors import QFaultConfigError
 from ..layers import register_layer_swap
 from ._array import ArrayConfig, MatmulPlan, SystolicArray, replace_outputs
-from ._brevitas import BrevitasSystolic, brevitas_kind, systolic_brevitas
+from ._brevitas import BrevitasSystolic, brevitas_kind, conv_padding, systolic_brevitas
 from ._lowering import kernel_columns, lower_activation
 
 
@@ -230,18 +230,7 @@ class SystolicConv2d(_SystolicLayer):
 
     def __init__(self, source: nn.Conv2d, array: SystolicArray, tiling: bool | None = None) -> None:
         super().__init__(source, array, tiling)
-        for name, value, allowed in (("groups", source.groups, 1), ("dilation", tuple(source.dilation), (1, 1)),
-                                     ("padding_mode", source.padding_mode, "zeros")):
-            if value != allowed:
-                raise QFaultConfigError(name, value, f"{allowed} (systolic convolution)")
-        padding = source.padding
-        if isinstance(padding, str):
-            if padding == "valid":
-                padding = (0, 0)
-            else:  # "same" with stride 1 (PyTorch's rule); only symmetric for odd kernels
-                if any(k % 2 == 0 for k in source.kernel_size):
-                    raise QFaultConfigError("padding", padding, "'valid', integers, or 'same' with odd kernels")
-                padding = tuple(k // 2 for k in source.kernel_size)
+        padding = conv_padding(source)
         self.in_channels = source.in_channels
         self.out_channels = source.out_channels
         self.kernel_size = tuple(source.kernel_size)
@@ -355,4 +344,14 @@ def _build(module: nn.Module, config: SystolicLayers, name: str) -> nn.Module:
 def systolic_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The layers of ``model`` that run on a systolic array, by qualified name."""
     return {name: m for name, m in model.named_modules() if isinstance(m, (_SystolicLayer, BrevitasSystolic))}
+
+
+def model_array(model: nn.Module) -> SystolicArray:
+    """The array ``model``'s systolic layers run on (the first one's, for a model built by one
+    ``SystolicLayers`` swap: they all share it)."""
+    layers = systolic_layers(model)
+    if not layers:
+        raise QFaultConfigError("model", type(model).__name__, "a model whose layers run on a systolic array",
+                                hint="swap_modules(model, SystolicLayers(...)) first")
+    return next(iter(layers.values())).array
 
