@@ -97,7 +97,7 @@ def test_every_bad_override_is_reported_at_once(tmp_path):
     text = str(errors)
     assert text.startswith("5 invalid fields:")
     assert "faults has 2 items" in text and "name is 'base', not a mapping" in text
-    assert "'batch_size'" in text and "key=value" in text and "'faults.x'" in text
+    assert "'batch_size'" in text and "key=value" in text and "'faults.x=1'" in text
 
 
 @pytest.mark.parametrize("text, allowed", [

@@ -16,6 +16,7 @@ named by their sweep path (``sweep.fault.ber=2.0``), and the spec's own fields t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -26,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import QFaultConfigError, check_choice, check_range
-from ..config import ConfigErrors, check_dataclass, check_keys, check_registered, load_config
+from ..config import (
+    ConfigErrors, check_dataclass, check_keys, check_registered, coerce_fields, load_config, source_map_of,
+)
 
 SPEC_VERSION = 1
 STOP_RULES = ("fixed", "leveugle", "ci")
@@ -89,7 +92,7 @@ class StopRule:
     margin: float = 0.05
     confidence: float = 0.95
     p: float = 0.5
-    population: Any = "inf"
+    population: int | str = "inf"
     half_width: float = 1.0
     min_repetitions: int = 3
     max_repetitions: int = 100
@@ -190,13 +193,7 @@ class CampaignSpec:
             check_range("stack_trials", self.stack_trials, 1, 10**6, integer=True)
         if self.store is not None and not isinstance(self.store, (str, os.PathLike)):
             raise QFaultConfigError("store", self.store, "a file path (or null: <name>.qfault.db)")
-        try:
-            thresholds = tuple(float(t) for t in self.sdc_thresholds)
-        except (TypeError, ValueError):
-            raise QFaultConfigError("sdc_thresholds", self.sdc_thresholds, "a list of percentages") from None
-        for t in thresholds:
-            check_range("sdc_thresholds", t, 0.0, 1e6)
-        set_("sdc_thresholds", thresholds)
+        set_("sdc_thresholds", _thresholds(self.sdc_thresholds))
         faults = self.faults if isinstance(self.faults, (list, tuple)) else [self.faults]
         if self.mitigation is not None:
             if not isinstance(self.mitigation, dict):
@@ -230,7 +227,7 @@ class CampaignSpec:
         if not isinstance(paired, (list, tuple)):
             raise QFaultConfigError("paired", self.paired, "a list of sweep paths")
         for path in paired:
-            if path not in self.sweep:
+            if not isinstance(path, str) or path not in self.sweep:
                 raise QFaultConfigError("paired", path, "sweep paths: " + (", ".join(self.sweep) or "(no sweep)"))
         set_("paired", tuple(paired))
 
@@ -284,6 +281,7 @@ class CampaignSpec:
         if not isinstance(data, Mapping):
             raise QFaultConfigError("campaign", type(data).__name__, "a mapping of campaign fields")
         errors = ConfigErrors()
+        source_map = source_map_of(data)  # a loaded file: errors name the line of their value
         data = dict(data)
         version = data.pop("version", SPEC_VERSION)
         if version != SPEC_VERSION:
@@ -293,6 +291,7 @@ class CampaignSpec:
         if isinstance(data.get("faults"), list):
             data["faults"] = tuple(data["faults"])
         spec = check_dataclass(cls, data, errors=errors, nested=_nested_checks())
+        errors.locate(source_map)
         errors.raise_if_any()
         return spec
 
@@ -327,6 +326,29 @@ class CampaignSpec:
 
     def store_path(self) -> Path:
         return Path(self.store or f"{self.name}.qfault.db")
+
+
+def _thresholds(value: Any, errors: ConfigErrors | None = None) -> tuple | None:
+    """The SDC-x% thresholds: a list of percentages in [0, 1e6] (numbers, or numbers written as
+    strings). Every bad item is recorded in ``errors`` (None: the first is raised)."""
+    from ..config import as_number
+
+    errors_ = ConfigErrors() if errors is None else errors
+    before = len(errors_)
+    out: list[float] = []
+    if not isinstance(value, (list, tuple)):
+        errors_.add("sdc_thresholds", value, "a list of percentages (numbers in [0, 1e6])")
+    else:
+        for item in value:
+            item = as_number(item, float)
+            with errors_.collect():
+                check_range("sdc_thresholds", item, 0.0, 1e6)
+                out.append(float(item))
+    if len(errors_) > before:
+        if errors is None:
+            raise errors_.errors[0]
+        return None
+    return tuple(out)
 
 
 def _inject_spec(field_name: str, data: Any, sweep_point: dict | None = None):
@@ -397,6 +419,7 @@ _BAD = object()  # marks a section whose own check failed
 def _check_inject_spec(data: Any, where: str, errors: ConfigErrors):
     """The ``InjectSpec`` of one fault spec dict, or None (every bad field recorded in ``errors``)."""
     from ..faults import FAULTS, BitFlip, FaultModel
+    from ..formats import FORMATS, NumberFormat
     from ..injection import InjectSpec
 
     if isinstance(data, InjectSpec):
@@ -411,11 +434,18 @@ def _check_inject_spec(data: Any, where: str, errors: ConfigErrors):
         if isinstance(data.get(key), list):
             data[key] = tuple(data[key])
 
-    def check_fault(value: Any, path: str, errs: ConfigErrors) -> None:
+    def check_fault(value: Any, path: str, errs: ConfigErrors) -> Any:
         if not isinstance(value, FaultModel):
-            check_registered(FAULTS, value, where=path, errors=errs)
+            return check_registered(FAULTS, value, where=path, errors=errs)
+        return None
 
-    return check_dataclass(InjectSpec, data, where=where, errors=errors, nested={"fault": check_fault},
+    def check_format(value: Any, path: str, errs: ConfigErrors) -> Any:
+        if isinstance(value, Mapping) and not isinstance(value, NumberFormat):  # a name: get_format parses it
+            return check_registered(FORMATS, value, where=path, errors=errs)
+        return None
+
+    return check_dataclass(InjectSpec, data, where=where, errors=errors,
+                           nested={"fault": check_fault, "format": check_format},
                            stand_ins={"fault": BitFlip(ber=0.0)})
 
 
@@ -455,67 +485,127 @@ def _check_point(point: dict, faults: tuple, mitigation: dict | None, errors: Co
             errors.append(_sweep_error(error, point, ""))
 
 
-def _nested_checks() -> dict:
-    """Validators of the sections of a spec dict, in order: faults and mitigation, then the
-    sweep, whose points are checked only when the sections they change are valid."""
+def _axis_numbers(path: str, values: list, first: Any) -> list:
+    """A sweep axis with numbers written as strings read as numbers, where the field the path
+    names (in ``faults[0]``, or ``mitigation.<field>``) is annotated as a number."""
     from ..mitigation import StuckAtSpec
 
-    state: dict[str, Any] = {"faults": (), "mitigation": None, "systolic": None}
+    keys = path.split(".")
+    if keys[0] == "mitigation":
+        cls = StuckAtSpec if len(keys) == 2 else None
+    else:
+        target = first
+        for key in keys[:-1]:
+            target = getattr(target, key, None) if dataclasses.is_dataclass(target) else None
+        cls = type(target) if dataclasses.is_dataclass(target) else None
+    if cls is None:
+        return values
+    return [coerce_fields(cls, {keys[-1]: value})[keys[-1]] for value in values]
 
-    def check_faults(value: Any, where: str, errors: ConfigErrors) -> None:
+
+def _nested_checks() -> dict:
+    """Validators of the sections of a spec dict, in order: faults and mitigation, then the
+    sweep, whose points are checked only when the sections they change are valid. Each returns
+    its section normalized (numbers written as strings read as numbers) or None on errors."""
+    from ..mitigation import StuckAtSpec
+
+    state: dict[str, Any] = {"faults": (), "first": None, "mitigation": None, "systolic": None}
+
+    def check_faults(value: Any, where: str, errors: ConfigErrors) -> Any:
         items = value if isinstance(value, (list, tuple)) else [value]
         before = len(errors)
-        normalized = []
-        for i, item in enumerate(items):
-            spec = _check_inject_spec(item, f"{where}[{i}]", errors)
-            if spec is not None:
-                normalized.append(spec.to_dict())
-        state["faults"] = tuple(normalized) if len(errors) == before else _BAD
+        specs = [_check_inject_spec(item, f"{where}[{i}]", errors) for i, item in enumerate(items)]
+        if len(errors) > before:
+            state["faults"] = _BAD
+            return None
+        state["faults"] = tuple(spec.to_dict() for spec in specs)
+        state["first"] = specs[0] if specs else None
+        return state["faults"]
 
-    def check_mitigation(value: Any, where: str, errors: ConfigErrors) -> None:
+    def check_mitigation(value: Any, where: str, errors: ConfigErrors) -> Any:
         if value is None:
-            return
+            return None
         before = len(errors)
         if not isinstance(value, dict):
             errors.add(where, value, "a mapping {rate, method, tile}")
         else:
             check_keys(value, MITIGATION_KEYS, where, errors)
+            value = coerce_fields(StuckAtSpec, value)
             check_dataclass(StuckAtSpec, {k: v for k, v in value.items() if k in MITIGATION_KEYS}, where=where,
                             errors=errors)
         state["mitigation"] = dict(value) if len(errors) == before else _BAD
+        return None if state["mitigation"] is _BAD else state["mitigation"]
 
-    def check_systolic(value: Any, where: str, errors: ConfigErrors) -> None:
+    def check_systolic(value: Any, where: str, errors: ConfigErrors) -> Any:
         if value is None:
-            return
+            return None
+        before = len(errors)
+        value = _systolic_numbers(value)
+        if isinstance(value, Mapping) and isinstance(value.get("array"), Mapping):  # its every bad field
+            from ..systolic import ArrayConfig
+
+            check_dataclass(ArrayConfig, value["array"], where=f"{where}.array", errors=errors)
+        if len(errors) > before:
+            state["systolic"] = _BAD
+            return None
         try:
             state["systolic"] = _systolic_section(value).to_dict()
         except QFaultConfigError as exc:
             errors.append(exc)
             state["systolic"] = _BAD
+            return None
+        return value
 
-    def check_sweep(value: Any, where: str, errors: ConfigErrors) -> None:
+    def check_thresholds(value: Any, where: str, errors: ConfigErrors) -> Any:
+        return _thresholds(value, errors)
+
+    def check_sweep(value: Any, where: str, errors: ConfigErrors) -> Any:
         if not isinstance(value, dict):
             errors.add(where, value, "a mapping {dotted.path: [values]}")
-            return
+            return None
         before = len(errors)
         for path, values in value.items():
+            if not isinstance(path, str) or not path.isprintable() or any(not key for key in path.split(".")):
+                name = path if isinstance(path, str) and path.isprintable() else repr(path)
+                errors.add(f"{where}.{name}", values, "values under dotted paths into faults[0] (fault.ber) "
+                           "or mitigation.<field>", hint=f"the key {path!r} is not a dotted path")
+                continue
             with errors.collect():
                 _check_axis(path, values)
         faults, mitigation = state["faults"], state["mitigation"]
         if len(errors) > before or faults is _BAD or mitigation is _BAD:
-            return  # the points cannot be checked
+            return None  # the points cannot be checked
         paths = list(value)
         if not faults and any(not path.startswith("mitigation.") for path in paths):
             errors.add(where, paths, "only mitigation.* paths when faults is empty")
-            return
+            return None
         if mitigation is None and any(path.startswith("mitigation.") for path in paths):
             errors.add(where, paths, "mitigation.* paths only with a mitigation section")
-            return
-        for point in _sweep_points(value):
+            return None
+        sweep = {path: values if values == "each" else type(values)(_axis_numbers(path, list(values), state["first"]))
+                 for path, values in value.items()}
+        for point in _sweep_points(sweep):
             _check_point(point, faults, mitigation, errors)
+        return sweep if len(errors) == before else None
 
     return {"faults": check_faults, "mitigation": check_mitigation, "systolic": check_systolic,
-            "sweep": check_sweep}
+            "sdc_thresholds": check_thresholds, "sweep": check_sweep}
+
+
+def _systolic_numbers(value: Any) -> Any:
+    """The ``systolic`` section with numbers written as strings read as numbers."""
+    from ..config import as_number
+    from ..systolic import ArrayConfig, SystolicFaults
+
+    if not isinstance(value, Mapping):
+        return value
+    out = coerce_fields(SystolicFaults, value)
+    for key in ("channels", "bits"):  # an integer or "auto"
+        if key in out:
+            out[key] = as_number(out[key], int | str)
+    if isinstance(out.get("array"), Mapping):
+        out["array"] = coerce_fields(ArrayConfig, out["array"])
+    return out
 
 
 def point_mitigation(mitigation: dict | None, point: dict) -> dict | None:

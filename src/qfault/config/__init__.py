@@ -3,7 +3,13 @@
 Loading (:func:`load_config`) goes through OmegaConf: the file is read with its YAML loader
 (``1e-3`` is a number), overrides are set into the OmegaConf tree (``faults.0.fault.ber=1e-3``
 indexes a list; under a ``dotted_keys`` key such as a campaign's ``sweep`` the rest of the key
-is one dotted path) and ``${...}`` interpolations are resolved; the result is a plain dict.
+is one dotted path) and ``${...}`` interpolations are resolved; the result is a plain dict (a
+:class:`LoadedConfig`) that keeps a :class:`SourceMap`: the file line of every value (from
+PyYAML's node marks) and the override that set a value, so that each error of a loaded
+configuration says where its value came from: ``faults[0].fault.ber='abc' is invalid: allowed
+a number in [0.0, 1.0] (spec.yaml line 9)``, ``... (from override seed=abc)``. Fields annotated
+``int`` or ``float`` take numbers written as strings (``"1e-3"``, ``"+5"``; PyYAML reads an
+unquoted ``1e-3`` as a string), see :func:`as_number`.
 OmegaConf's own dotlist merge is not used for the overrides because it turns ``0`` into a
 mapping key instead of a list index and cannot express keys that contain dots.
 
@@ -24,12 +30,21 @@ Example:
 """
 
 from ._check import FieldCheck, check_dataclass, check_keys, check_registered
-from ._errors import ConfigErrors, did_you_mean, join, prefixed, suggest
-from ._load import apply_overrides, load_config, load_yaml, parse_value, split_key, to_plain
+from ._coerce import as_number, coerce_fields
+from ._errors import ConfigErrors, did_you_mean, join, located, prefixed, suggest
+from ._load import (
+    LoadedConfig, apply_overrides, load_config, load_yaml, parse_value, source_map_of, split_key, to_plain,
+)
+from ._origins import SourceMap
 
 __all__ = [
     # loading
     "load_config", "load_yaml", "apply_overrides", "parse_value", "split_key", "to_plain",
+    "LoadedConfig",
+    # where values came from
+    "SourceMap", "source_map_of", "located",
+    # numbers written as strings
+    "as_number", "coerce_fields",
     # validation
     "ConfigErrors", "check_dataclass", "check_keys", "check_registered", "FieldCheck",
     "suggest", "did_you_mean", "join", "prefixed",

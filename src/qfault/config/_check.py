@@ -8,10 +8,13 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .._config import CONFIG_VERSION
 from .._errors import QFaultConfigError
+from ._coerce import coerce_fields
 from ._errors import ConfigErrors, did_you_mean, join
+from ._load import source_map_of
 
-#: a validator of one field: ``(value, dotted path, errors)``; it records what is wrong in errors
-FieldCheck = Callable[[Any, str, ConfigErrors], None]
+#: a validator of one field: ``(value, dotted path, errors)``; it records what is wrong in
+#: errors, and may return the value normalized (None: keep the value as given)
+FieldCheck = Callable[[Any, str, ConfigErrors], Any]
 
 _KEY = re.compile(r"[A-Za-z_]\w*")
 
@@ -21,7 +24,8 @@ def check_keys(data: Mapping, allowed: Iterable[str], where: str, errors: Config
     allowed = list(allowed)
     for key in data:
         if key not in allowed:
-            errors.add(join(where, key), data[key], "keys " + ", ".join(allowed), hint=did_you_mean(key, allowed))
+            name = key if str(key).isprintable() else repr(key)  # a key with a line break stays on one line
+            errors.add(join(where, name), data[key], "keys " + ", ".join(allowed), hint=did_you_mean(key, allowed))
 
 
 def _default(field: dataclasses.Field) -> Any:
@@ -49,12 +53,15 @@ def check_dataclass(cls: type, data: Any, *, where: str = "", errors: ConfigErro
     The steps, each recording into ``errors``:
 
     1. ``data`` must be a mapping; unknown keys are reported with the closest field name
-       ("did you mean"), required fields that are missing are reported.
+       ("did you mean"), required fields that are missing are reported. A field annotated
+       ``int`` or ``float`` takes a number written as a string (``"1e-3"``, see
+       :func:`~qfault.config.as_number`).
     2. Nested fields are checked on their own: the validators in ``nested``, and every field
        whose default is a dataclass instance (e.g. ``stop: StopRule``) when ``data`` gives it a
-       mapping (checked recursively). Their errors carry the dotted prefix
-       (``stop.margin``). A nested field that failed is replaced by its ``stand_ins`` entry, else
-       by its default, for the next step.
+       mapping (checked recursively, the instance then standing for the mapping). Their errors
+       carry the dotted prefix (``stop.margin``). A validator that returns a value replaces
+       the field's value with it. A nested field that failed is replaced by its
+       ``stand_ins`` entry, else by its default, for the next step.
     3. ``cls(**fields)`` is built. The dataclass validates in ``__post_init__`` and stops at its
        first error; that error is recorded, the field it names is set back to its default and
        the build is tried again, until it succeeds or the error names no field that can be
@@ -64,6 +71,9 @@ def check_dataclass(cls: type, data: Any, *, where: str = "", errors: ConfigErro
 
     Once a nested field has failed, an error the build raises about a nested field (or about
     no field) is a consequence of the stand-in and ends the search unreported.
+
+    When ``data`` is what :func:`~qfault.config.load_config` returned, each error names the
+    file line or the override its value came from (``... (spec.yaml line 9)``).
 
     Args:
         cls: a (frozen) dataclass validating in ``__post_init__`` with
@@ -102,7 +112,9 @@ def check_dataclass(cls: type, data: Any, *, where: str = "", errors: ConfigErro
     """
     own = errors is None
     errors = ConfigErrors() if own else errors
+    before = len(errors)
     result = _check(cls, data, where, errors, dict(nested or {}), dict(stand_ins or {}))
+    errors.locate(source_map_of(data), before)
     if own:
         errors.raise_if_any()
     return result
@@ -125,7 +137,7 @@ def _check(cls, data, where, errors, nested, stand_ins):
 
 def _find(cls, data, where, errors, nested, stand_ins, fields):
     check_keys(data, fields, where, errors)
-    kwargs = {key: value for key, value in data.items() if key in fields}
+    kwargs = coerce_fields(cls, {key: value for key, value in data.items() if key in fields})
     blocked = False
     for key, field in fields.items():
         if key not in kwargs and _default(field) is dataclasses.MISSING:
@@ -143,7 +155,9 @@ def _find(cls, data, where, errors, nested, stand_ins, fields):
         if key not in kwargs:
             continue
         before = len(errors)
-        check(kwargs[key], join(where, key), errors)
+        normalized = check(kwargs[key], join(where, key), errors)
+        if len(errors) == before and normalized is not None:
+            kwargs[key] = normalized
         if len(errors) > before:
             changed = True
             if key in stand_ins:

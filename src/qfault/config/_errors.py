@@ -32,7 +32,22 @@ def prefixed(error: QFaultConfigError, where: str) -> QFaultConfigError:
     field = str(error.field)
     if not where or field == where or field.startswith((where + ".", where + "[", where + " ")):
         return error
-    return QFaultConfigError(join(where, field), error.value, error.allowed, hint=error.hint)
+    return located(QFaultConfigError(join(where, field), error.value, error.allowed, hint=error.hint),
+                   getattr(error, "location", None))
+
+
+def located(error: QFaultConfigError, location: str | None) -> QFaultConfigError:
+    """``error`` with where its value came from at the end of its message.
+
+    ``faults[0].fault.ber='abc' is invalid: allowed a number in [0.0, 1.0] (spec.yaml line 9)``;
+    the copy's ``location`` attribute holds ``"spec.yaml line 9"``. None: ``error`` itself.
+    """
+    if not location:
+        return error
+    out = QFaultConfigError(error.field, error.value, error.allowed, hint=error.hint)
+    out.location = location
+    out.args = (f"{out.args[0]} ({location})",)
+    return out
 
 
 class ConfigErrors(QFaultConfigError):
@@ -114,6 +129,19 @@ class ConfigErrors(QFaultConfigError):
         except QFaultConfigError as exc:
             self.append(exc, where)
 
+    def locate(self, source_map: Any, start: int = 0) -> None:
+        """Name where each value came from (a file line, an override), from error ``start`` on.
+
+        ``source_map`` is a :class:`~qfault.config.SourceMap` (None: nothing to name); errors
+        already located keep their location.
+        """
+        if source_map is None:
+            return
+        for i in range(start, len(self.errors)):
+            error = self.errors[i]
+            if getattr(error, "location", None) is None:
+                self.errors[i] = located(error, source_map.locate(error.field, error.value))
+
     def raise_if_any(self) -> None:
         """Raise ``self`` when an error was recorded."""
         if self.errors:
@@ -136,9 +164,10 @@ class ConfigErrors(QFaultConfigError):
         return "\n".join(lines)
 
     def __reduce__(self):  # picklable (to and from worker processes)
-        items = [(e.field, e.value, e.allowed, e.hint) for e in self.errors]
+        items = [(e.field, e.value, e.allowed, e.hint, getattr(e, "location", None)) for e in self.errors]
         return _rebuild, (items, self.source)
 
 
 def _rebuild(items: list[tuple], source: str | None) -> ConfigErrors:
-    return ConfigErrors([QFaultConfigError(*item[:3], hint=item[3]) for item in items], source=source)
+    return ConfigErrors([located(QFaultConfigError(*item[:3], hint=item[3]), item[4] if len(item) > 4 else None)
+                         for item in items], source=source)
