@@ -94,7 +94,7 @@ def _systolic_plots(rows: list, out: Path) -> list[Path]:
         per_line.setdefault(fault["line"], []).extend(outcomes)
         per_pe.setdefault((fault["x"], fault["y"]), []).extend(outcomes)
     paths = []
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = plt.subplots(figsize=(5.8, 3.6))
     lines = sorted(per_line)
     for offset, (code, label) in enumerate(((2, "SDC-1"), (3, "DUE"))):
         rates, low, high = [], [], []
@@ -108,11 +108,9 @@ def _systolic_plots(rows: list, out: Path) -> list[Path]:
     ax.set_xticks(np.arange(len(lines)) + 0.19, [f"line {line}" for line in lines])
     ax.set_ylabel("images (%), 95% Wilson")
     ax.set_title("outcome rate per faulted register line")
-    ax.legend(loc="upper left", fontsize="small")
-    fig.tight_layout()
+    _legend_outside(ax)
     path = out / "systolic_lines.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     paths.append(path)
 
     xs = sorted({x for x, _ in per_pe})
@@ -128,10 +126,8 @@ def _systolic_plots(rows: list, out: Path) -> list[Path]:
     ax.set_xlabel("PE x")
     ax.set_ylabel("PE y")
     ax.set_title(f"SDC-1 rate per faulted PE ({len(per_pe)} PEs sampled, grey: none)")
-    fig.tight_layout()
     path = out / "systolic_pes.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     paths.append(path)
     return paths
 
@@ -226,7 +222,7 @@ def _plots(result: CampaignResult, out: Path) -> list[Path]:
     for point, x, label in zip(result.points, xs, labels):
         key = ", ".join(f"{a.split('.')[-1]}={json.dumps(point.values.get(a))}" for a in others) or "faulty"
         series.setdefault(key, []).append((x if numeric else categories.index(label), point))
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     for key, members in series.items():
         members.sort(key=lambda item: item[0])
         pos = [m[0] for m in members]
@@ -246,11 +242,9 @@ def _plots(result: CampaignResult, out: Path) -> list[Path]:
     ax.set_ylabel("top-1 accuracy (%), 95% CI bands")
     ax.set_title(result.spec.name)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left", fontsize="small")
-    fig.tight_layout()
+    _legend_outside(ax)
     path = out / "accuracy.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     paths.append(path)
 
     if "indices" in result.spec.sweep:  # per-layer vulnerability: SDC-1 rate with Wilson intervals
@@ -264,13 +258,11 @@ def _plots(result: CampaignResult, out: Path) -> list[Path]:
         ax.set_xlabel("layer (indices)")
         ax.set_ylabel("SDC-1 (% of images), 95% Wilson")
         ax.set_title("per-layer vulnerability")
-        fig.tight_layout()
         path = out / "vulnerability.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        _save(fig, path)
         paths.append(path)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4))
     bottom = [0.0] * len(result.points)
     for key in OUTCOME_KEYS:
         heights = [100 * p.rates.get(key, {}).get("rate", 0.0) for p in result.points]
@@ -280,13 +272,28 @@ def _plots(result: CampaignResult, out: Path) -> list[Path]:
     ax.set_xlabel(axis)
     ax.set_ylabel("images (%)")
     ax.set_title("outcome classes")
-    ax.legend()
-    fig.tight_layout()
+    _legend_outside(ax, reverse=True)  # top to bottom as the bars stack
     path = out / "outcomes.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     paths.append(path)
     return paths
+
+
+def _legend_outside(ax, reverse: bool = False) -> None:
+    """The legend to the right of the axes, where it covers no data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if reverse:
+        handles, labels = handles[::-1], labels[::-1]
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")
+
+
+def _save(fig, path: Path) -> None:
+    """Save at 110 dpi, cropped to what is drawn (legends outside the axes included), and close."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 def _html(result: CampaignResult, out: Path, images: list[Path]) -> Path:

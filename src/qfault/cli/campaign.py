@@ -1,12 +1,22 @@
-"""``qfault campaign run|resume|status|report|validate SPEC [key=value ...]``."""
+"""``qfault campaign run|resume|status|report|validate SPEC [key=value ...]``.
+
+``resume``, ``status`` and ``report`` also take a campaign store as ``SPEC``: the spec it holds is
+used as it is.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ..campaign import CampaignSpec
 
 ACTIONS = ("run", "resume", "status", "report", "validate")
+#: the actions that read an existing store, and so also accept the store file as SPEC
+STORE_ACTIONS = ("resume", "status", "report")
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 class Campaign:
@@ -15,11 +25,13 @@ class Campaign:
     description = ("Campaigns are YAML specs (a commented template: 'qfault cp campaign_digits.yaml'). "
                    "key=value overrides change fields (dotted keys, YAML values: faults.0.fault.ber=1e-3, "
                    "sweep.fault.ber='[0, 1e-3]'); 'validate' reports every invalid field at once. Results "
-                   "go to one SQLite store per campaign; a killed run resumes where it stopped.")
+                   "go to one SQLite store per campaign; a killed run resumes where it stopped. 'resume', "
+                   "'status' and 'report' also take the store file as SPEC (its stored spec is used), and "
+                   "a YAML spec without overrides whose store was run with overrides uses the stored spec.")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("action", choices=ACTIONS)
-        parser.add_argument("spec", help="campaign YAML file")
+        parser.add_argument("spec", help="campaign YAML file (resume, status, report: or its store file)")
         parser.add_argument("overrides", nargs="*", metavar="key=value", help="override spec fields")
         parser.add_argument("--out", default=None, help="report folder (default: <store>.report)")
         parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -38,12 +50,15 @@ class Campaign:
         from rich.console import Console
 
         from .._errors import QFaultConfigError
-        from ..campaign import CampaignSpec, CampaignStore, campaign_status, run_campaign, summarize, write_report
+        from ..campaign import CampaignStore, campaign_status, run_campaign, summarize, validate_campaign, write_report
 
         console = Console(soft_wrap=True)
-        spec = CampaignSpec.from_yaml(args.spec, args.overrides)
-        if args.action == "validate":
-            console.print(f"{args.spec}: valid; {len(spec.points())} sweep points; "
+        plain = lambda line: console.print(line, markup=False, highlight=False)  # noqa: E731 (values hold [...])
+        spec = load_spec(args.action, args.spec, args.overrides, log=plain)
+        if args.action == "validate":  # the model-dependent checks too: what run checks before writing
+            plan = validate_campaign(spec, log=plain)
+            trials = f"{plan.planned_trials} trials" if plan.fixed else "trials decided by the ci rule"
+            console.print(f"{args.spec}: valid; {len(plan.points)} sweep points, {trials}; "
                           f"fingerprint {spec.fingerprint()[:16]}")
             return 0
         if args.action == "status":
@@ -71,6 +86,73 @@ class Campaign:
                 written = write_report(result, store, out, plots=not args.no_plot)
             console.print("Wrote " + ", ".join(str(p) for p in written))
         return 0
+
+
+def load_spec(action: str, path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+              log: Callable[[str], None] = print) -> CampaignSpec:
+    """The :class:`~qfault.campaign.CampaignSpec` that ``action`` works on.
+
+    ``path`` is a YAML spec (with ``key=value`` overrides) or, for ``resume``, ``status`` and
+    ``report``, a campaign store, whose stored spec is used with ``store`` set to ``path``. A YAML
+    spec given to those actions without overrides, whose store exists but was created by a
+    different spec (a run with overrides), gives the stored spec; ``log`` gets one line listing
+    the differences. With overrides, a different stored spec is refused when the store is opened.
+
+    Raises:
+        QFaultConfigError: a store given to ``run`` or ``validate``, overrides given with a
+            store, a foreign or unreadable store, or an invalid spec.
+    """
+    from .._errors import QFaultConfigError
+    from ..campaign import CampaignSpec, read_store_spec, spec_diff, spec_extension
+
+    path = Path(path)
+    if _is_sqlite(path):
+        if action not in STORE_ACTIONS:
+            try:
+                read_store_spec(path)
+                what = "a campaign store"
+            except QFaultConfigError:
+                what = "a SQLite file but not a campaign store"
+            raise QFaultConfigError("spec", str(path), "a campaign YAML file",
+                                    hint=f"this is {what}; '{action}' needs the YAML spec, "
+                                         f"'qfault campaign {'|'.join(STORE_ACTIONS)}' also take a store")
+        if overrides:
+            raise QFaultConfigError("overrides", " ".join(overrides), "none with a store file",
+                                    hint="the store's own spec is used as it is; to change it, give the YAML "
+                                         "spec with the overrides and another store=...")
+        return _stored_spec(read_store_spec(path), path)
+    spec = CampaignSpec.from_yaml(path, overrides)
+    store = spec.store_path()
+    if action in STORE_ACTIONS and not overrides and _is_sqlite(store):
+        stored = read_store_spec(store)
+        diff = spec_diff(spec.to_dict(), stored)
+        extends = action == "resume" and spec_extension(stored, spec.to_dict()) is not None
+        if diff and not extends:  # resuming with more repetitions or sweep values extends the store
+            log(f"{path}: using the spec its store {store} was created with; differences "
+                f"(spec file -> stored): {'; '.join(diff)}")
+            return _stored_spec(stored, store)
+    return spec
+
+
+def _stored_spec(data: dict, store: Path) -> CampaignSpec:
+    """The spec of a store's stored dict, with ``store`` set to where the store is now."""
+    from .._errors import QFaultConfigError
+    from ..campaign import CampaignSpec
+
+    try:
+        return CampaignSpec.from_dict({**data, "store": str(store)})
+    except QFaultConfigError as exc:
+        raise QFaultConfigError("store", str(store), "a store whose stored spec this qfault accepts",
+                                hint=f"its spec: {exc}") from None
+
+
+def _is_sqlite(path: Path) -> bool:
+    """Whether ``path`` is a file that starts with SQLite's header (a store, ours or not)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
+    except OSError:  # missing, a folder, unreadable: left to the YAML loader's errors
+        return False
 
 
 def result_table(result: Any) -> Any:
