@@ -21,6 +21,9 @@ class QFaultConfigError(ValueError):
             msg += f" ({hint})"
         super().__init__(msg)
 
+    def __reduce__(self):  # picklable (a worker process raises it, the driver reports it)
+        return type(self), (self.field, self.value, self.allowed, self.hint)
+
 
 def check_range(field: str, value: Any, low: float, high: float, *, integer: bool = False) -> None:
     """Raise :class:`QFaultConfigError` unless ``low <= value <= high``."""

@@ -257,3 +257,23 @@ def test_gpus_per_worker_without_gpus_is_refused_at_once(ray_cluster):
                                                 r"cluster's GPUs \(0\) across 2 worker\(s\) \(no GPU here"):
         list(executor.map(abs, [1]))
     assert executor._actors == [] and ray_cluster.is_initialized()
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("template, overrides", [
+    ("campaign_digits.yaml", ["limit=60", "repetitions=2", "sweep.fault.ber=[0.001, 0.03]"]),
+    ("campaign_seed000.yaml", ["limit=60", "repetitions=2", "sweep.mitigation.rate=[2]",
+                               "sweep.mitigation.method=[raw, cvm]"]),
+])
+def test_ray_runs_the_shipped_brevitas_templates_as_the_local_executor(tmp_path, ray_executor, capsys, template,
+                                                                         overrides):
+    """Brevitas models do not pickle: each worker builds the model from the spec (and proves by its
+    digest that it built the driver's), so the templates' rows equal the local executor's."""
+    assert main(["cp", template, str(tmp_path)]) == 0
+    spec_path = str(tmp_path / template)
+    local = CampaignSpec.from_yaml(spec_path, [*overrides, f"store={tmp_path / 'local.db'}"])
+    run_campaign(local, **QUIET)
+    remote = CampaignSpec.from_yaml(spec_path, [*overrides, f"store={tmp_path / 'ray.db'}"])
+    result = run_campaign(remote, executor=ray_executor, **QUIET)
+    assert [p.trials for p in result.points] == [2, 2]
+    assert rows(remote.store_path()) == rows(local.store_path())

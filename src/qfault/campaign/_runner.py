@@ -8,8 +8,8 @@ single writer of the store.
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Iterator
 
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 from .._errors import QFaultConfigError, check_range
 from ..injection import quantizer_name, select_modules
 from ._executors import Executor, LocalExecutor
+from ._model import campaign_model, data_digest, model_digest
 from ._outcomes import golden_run
 from ._plan import Plan, PlannedPoint, plan_campaign, planned_repetitions, systolic_model
 from ._prefix import PrefixCache, reusable_prefix, trace_order
@@ -29,65 +30,6 @@ from ._trial import TrialContext, TrialFunction, predict
 
 # --------------------------------------------------------------------------------------------
 # model and data
-
-
-def load_factory(path: str) -> Callable[..., Any]:
-    """Resolve ``package.module:function``."""
-    module_name, _, attr = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise QFaultConfigError("model.factory", path, "an importable 'package.module:function'",
-                                hint=f"{type(exc).__name__}: {exc}") from None
-
-
-def build_campaign_model(source, log: Callable[[str], None] = print) -> nn.Module:
-    """The model a campaign evaluates, in eval mode, on the CPU."""
-    if source.source == "demo":
-        from ..data import load_demo_model
-
-        model, _ = load_demo_model(source.name, log=log, **source.kwargs)
-        return model.eval()
-    factory = load_factory(source.factory)
-    try:
-        model = factory(**source.kwargs)
-    except QFaultConfigError as exc:  # name the field where the spec sets it
-        if exc.field in source.kwargs:
-            raise QFaultConfigError(f"model.kwargs.{exc.field}", exc.value, exc.allowed, hint=exc.hint) from None
-        raise
-    if source.source == "checkpoint":
-        try:
-            state = torch.load(source.path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise QFaultConfigError("model.path", source.path, "an existing checkpoint file") from None
-        except Exception as exc:
-            raise QFaultConfigError("model.path", source.path, "a readable PyTorch checkpoint",
-                                    hint=f"{type(exc).__name__}: {exc}") from None
-        if isinstance(state, dict) and "model_state_dict" in state:
-            state = state["model_state_dict"]
-        try:
-            model.load_state_dict(state)
-        except Exception as exc:  # name the first key that does not fit, with its shapes
-            raise QFaultConfigError("model.path", source.path, f"a state dict for {type(model).__name__}",
-                                    hint=_first_mismatch(model, state) or str(exc).splitlines()[0]) from None
-    return model.eval()
-
-
-def _first_mismatch(model: nn.Module, state: Any) -> str | None:
-    """The first key where ``state`` does not fit ``model`` (missing, unexpected, another shape)."""
-    if not isinstance(state, dict):
-        return f"a mapping of tensors, not {type(state).__name__}"
-    own = model.state_dict()
-    for key, value in own.items():
-        if key not in state:
-            return f"missing key {key!r} (shape {tuple(value.shape)})"
-        other = state[key]
-        if isinstance(other, torch.Tensor) and tuple(other.shape) != tuple(value.shape):
-            return f"key {key!r}: checkpoint shape {tuple(other.shape)}, model shape {tuple(value.shape)}"
-    unexpected = [key for key in state if key not in own]
-    if unexpected:
-        return f"unexpected key {unexpected[0]!r}"
-    return None
 
 
 def load_batches(spec: CampaignSpec) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -285,34 +227,44 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
     """
     check_range("trials_per_task", trials_per_task, 1, 10**7, integer=True)
     executor = executor or LocalExecutor()
-    if spec.store_path().exists():  # refuse a foreign store or another spec before any work
-        CampaignStore(spec.store_path(), spec, create=False).close()
-    # data and model before a new store is created: a bad path leaves no store behind
+    path = spec.store_path()
+    # a foreign, damaged or other spec's store is refused before any work, every file untouched
+    stored = CampaignStore.check(path, spec) if path.exists() and path.stat().st_size > 0 else None
+    recipe = model is None  # workers may build the model themselves from the spec
+    # data, model and every model-dependent check before a store is created or changed
     batches = batches if batches is not None else load_batches(spec)
-    model = model if model is not None else build_campaign_model(spec.model, log=log)
-    model = systolic_model(spec, model) if spec.systolic is not None and not _runs_on_array(model) else model
-    with CampaignStore(spec.store_path(), spec) as store:
-        plan = plan_campaign(spec, model, batches[0][0] if batches else None)
-        golden = store.golden()
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        # the golden pass also records what trials replay (one pass, not two)
-        clean_pass = (lambda: golden_run(model, batches, device)) if golden is None else None
-        prefix, prefix_names, clean = prepare_prefix(plan, model, batches, clean_pass)
-        if golden is None:
-            clean = clean if clean is not None else golden_run(model, batches, device)
-            golden = {"logits": clean.logits, "labels": clean.labels, "accuracy": 100.0 * clean.accuracy}
-            if spec.mitigation is not None:  # seed 000 reports the float baseline beside the quantized one
-                from ..layers import float_mode
+    model = model if model is not None else campaign_model(spec, log=log)
+    if spec.systolic is not None and not _runs_on_array(model):
+        model = systolic_model(spec, model)
+    plan = check_campaign(spec, model, batches)
+    digests = {"model_digest": model_digest(model), "data_digest": data_digest(batches)}
+    if stored is not None:
+        _check_digests(path, stored["meta"], digests)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    # the golden pass also records what trials replay (one pass, not two)
+    prefix, prefix_names, clean = prepare_prefix(plan, model, batches, lambda: golden_run(model, batches, device))
+    clean = clean if clean is not None else golden_run(model, batches, device)
+    golden = stored["golden"] if stored is not None else None
+    if golden is not None:  # resuming: the trials so far were classified against this golden run
+        _check_golden(path, golden, clean)
+    else:
+        golden = {"logits": clean.logits, "labels": clean.labels, "accuracy": 100.0 * clean.accuracy}
+        if spec.mitigation is not None:  # seed 000 reports the float baseline beside the quantized one
+            from ..layers import float_mode
 
-                with float_mode(model):
-                    golden["float_accuracy"] = 100.0 * golden_run(model, batches, device).accuracy
+            with float_mode(model):
+                golden["float_accuracy"] = 100.0 * golden_run(model, batches, device).accuracy
+    with CampaignStore(path, spec, golden=golden, meta=digests) as store:
+        if store.golden() is None:  # a store created without one (by hand or an older version)
             store.save_golden(golden)
-
+        if store.extension:
+            log(f"Extending {path}: " + "; ".join(store.extension))
+        context = TrialContext(spec, model, batches, golden, prefix, prefix_names, 1, stack_cap=plan.stack_cap,
+                               plan=plan, digest=digests["model_digest"] if recipe else None)
         # trials per forward: at most a point's repetitions, 1 where faults are not per image
-        stack = min(spec.trials_per_forward(device), plan.stack_cap)
+        stack = context.stack = min(spec.trials_per_forward(device), plan.stack_cap)
         # one picklable trial function for every executor (a Ray worker gets it once)
-        run_trial = TrialFunction(TrialContext(spec, model, batches, golden, prefix, prefix_names, stack,
-                                               stack_cap=plan.stack_cap, plan=plan))
+        run_trial = TrialFunction(context)
         workers = max(1, int(getattr(executor, "parallelism", 1)))  # stacks the ci rule runs ahead
         done = store.done()
         bar = _Progress(progress, total=plan.planned_trials, completed=len(done))
@@ -328,6 +280,162 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
         finally:
             bar.close()
         return summarize(spec, store)
+
+
+def _check_digests(path, meta: dict, digests: dict) -> None:
+    """Refuse to add trials of another model or data set to a store (older stores lack digests)."""
+    for key, what in (("model_digest", "model"), ("data_digest", "evaluated data")):
+        if meta.get(key) is not None and meta[key] != digests[key]:
+            raise QFaultConfigError("store", str(path), f"a store of the same {what}",
+                                    hint=f"the {what} changed since the store was created ({key} "
+                                         f"{meta[key][:12]} -> {digests[key][:12]}): its trials belong to the "
+                                         "old one; restore it or use another store path (store=...)")
+
+
+def _check_golden(path, golden: dict, clean) -> None:
+    """Refuse to resume when a fresh fault-free run differs from the stored one, bit for bit."""
+    same = (torch.equal(golden["logits"], clean.logits)
+            and (golden["labels"] is None) == (clean.labels is None)
+            and (golden["labels"] is None or torch.equal(golden["labels"], clean.labels)))
+    if not same:
+        raise QFaultConfigError("store", str(path), "a store whose golden run this model reproduces",
+                                hint="a fault-free run now gives other logits than the stored golden run (the "
+                                     "model, the data or the arithmetic changed): its trials would not compare; "
+                                     "use another store path (store=...)")
+
+
+def check_campaign(spec: CampaignSpec, model: nn.Module, batches: list) -> Plan:
+    """The campaign's plan, after every check that needs the model, all errors at once.
+
+    Every sweep point's fault specs select modules of ``model`` and are injected once (without
+    running trials); specs on activations also run one image, where sites and bit widths meet
+    the values (one forward of one image per point). Nothing is written anywhere.
+
+    Raises:
+        QFaultConfigError: a :class:`~qfault.config.ConfigErrors` naming each bad field
+            (``faults[i].<field>``, ``mitigation``), with the sweep point where it matters.
+    """
+    from ..config import ConfigErrors
+
+    errors = ConfigErrors()
+    try:
+        plan = plan_campaign(spec, model, batches[0][0] if batches else None)
+    except QFaultConfigError as exc:
+        errors.append(exc)
+        errors.raise_if_any()
+    sample = batches[0][0][:1] if batches else None
+    found: dict[tuple, list] = {}  # one entry per distinct error: (where, error, the points with it)
+    was_training = model.training
+    model.eval()
+    try:
+        for point, where, error in _model_errors(model, plan, sample):
+            key = (where, error.field, repr(error.value), error.allowed)
+            found.setdefault(key, [where, error, []])[2].append(point.values)
+    finally:
+        model.train(was_training)
+    for where, error, points in sorted(found.values(), key=lambda entry: entry[0]):  # in spec order
+        if len(points) < len(plan.points):  # name where it happens unless it happens everywhere
+            more = f" and {len(points) - 1} more" if len(points) > 1 else ""
+            hint = "; ".join(filter(None, [error.hint, f"at sweep point {points[0]}{more}"]))
+            error = QFaultConfigError(error.field, error.value, error.allowed, hint=hint)
+        errors.append(error, where)
+    errors.raise_if_any()
+    return plan
+
+
+def validate_campaign(spec: CampaignSpec, log: Callable[[str], None] = print) -> Plan:
+    """Build the campaign's data and model and run :func:`check_campaign` (what ``run`` checks
+    before it writes anything); nothing is written (a demo model may be trained into its cache).
+
+    Example:
+        >>> plan = validate_campaign(CampaignSpec.from_yaml("spec.yaml"))  # doctest: +SKIP
+    """
+    batches = load_batches(spec)
+    return check_campaign(spec, campaign_model(spec, log=log), batches)
+
+
+#: fault specs checked together in one injection and one forward (a sweep over single bits has
+#: thousands of points); a group with an error is checked again spec by spec
+CHECK_GROUP = 64
+
+
+def _model_errors(model: nn.Module, plan: Plan, sample) -> Iterator[tuple[PlannedPoint, str, QFaultConfigError]]:
+    """``(point, where, error)`` for each fault spec (and mitigation) of the plan that ``model``
+    refuses: selected, injected and run on ``sample`` (faults meet the values on a forward)."""
+    from ..injection import InjectSpec, inject
+
+    spec_fields = {f.name for f in fields(InjectSpec)}
+
+    def where(i: int, exc: QFaultConfigError) -> str:  # a fault model's fields (bits, ber) sit under "fault"
+        root = str(exc.field).split(".")[0]
+        return f"faults[{i}]" + ("" if root in spec_fields or "/" in root else ".fault")
+
+    checks = []  # (point, spec index, spec, selected (name, module) pairs)
+    for point in plan.points:
+        for i, inject_spec in enumerate(point.faults):
+            try:
+                selected = select_modules(model, inject_spec)
+            except QFaultConfigError as exc:
+                yield point, where(i, exc), exc
+                continue
+            checks.append((point, i, replace(inject_spec, seed=0, track_statistics=False), selected))
+
+    def run(group: list) -> None:
+        modules = {id(m): m for _, _, _, selected in group for _, m in selected}
+        with inject(model, [c[2] for c in group], selections=[c[3] for c in group]), torch.no_grad():
+            if sample is not None:
+                _checked_forward(model, sample, list(modules.values()))
+
+    for start in range(0, len(checks), CHECK_GROUP):
+        group = checks[start:start + CHECK_GROUP]
+        try:
+            run(group)
+        except QFaultConfigError:
+            for check in group:
+                try:
+                    run([check])
+                except QFaultConfigError as exc:
+                    yield check[0], where(check[1], exc), exc
+    mitigations: dict[str, QFaultConfigError | None] = {}
+    for point in plan.points:
+        if point.mitigation is None:
+            continue
+        key = json.dumps(point.mitigation, sort_keys=True, default=str)
+        if key not in mitigations:
+            from ..mitigation import StuckAtSpec
+
+            mitigations[key] = None
+            try:
+                with inject(model, StuckAtSpec(**point.mitigation, seed=0)):
+                    pass
+            except QFaultConfigError as exc:
+                mitigations[key] = exc
+        if mitigations[key] is not None:
+            yield point, "mitigation", mitigations[key]
+
+
+class _FaultsMet(Exception):
+    """Ends a checking forward once every faulted module has run."""
+
+
+def _checked_forward(model: nn.Module, sample: torch.Tensor, modules: list[nn.Module]) -> None:
+    """A forward of ``sample`` in which the injected faults meet the values, ended as soon as
+    each of ``modules`` (the faulted ones) has run once: the rest checks nothing more."""
+    waiting = {id(m) for m in modules}
+
+    def ran(module, args, out) -> None:
+        waiting.discard(id(module))
+        if not waiting:
+            raise _FaultsMet
+
+    hooks = [m.register_forward_hook(ran) for m in modules]  # after the injection's own hooks
+    try:
+        model(sample)
+    except _FaultsMet:
+        pass
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def _fixed_rows(executor: Executor, run_trial: TrialFunction, point: PlannedPoint, done: set,

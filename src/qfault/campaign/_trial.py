@@ -14,6 +14,7 @@ batch is repeated once per trial and block ``k`` gets the faults trial ``k`` alo
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from .._errors import QFaultConfigError
 from ..faults import derive_seed
 from ..injection import inject, select_modules
 from ._outcomes import classify
@@ -142,6 +144,10 @@ class TrialContext:
     #: point index -> the modules each of its fault specs selects (selected once per point)
     selections: dict = field(default_factory=dict)
     plan: Plan | None = None
+    #: the model's :func:`~qfault.campaign._model.model_digest` when it was built from the spec:
+    #: then a worker builds it from the spec itself (Brevitas models do not pickle) and must get
+    #: this digest; None: the model object is shipped
+    digest: str | None = None
 
     def point(self, index: int, values: dict) -> PlannedPoint:
         """The planned point ``index`` (whose values must be ``values``)."""
@@ -425,7 +431,34 @@ class TrialFunction:
         # always ship the CPU form; the receiving worker moves it to its own device
         if self.device.type != "cpu":
             raise RuntimeError("ship a TrialFunction from the CPU (call .to(device) on the worker)")
-        return {"context": self.context}
+        ctx = self.context
+        if ctx.digest is None:
+            return {"context": ctx}
+        # what builds the model travels, never the model: the worker builds it from the spec
+        prefix = None
+        if ctx.prefix is not None:
+            prefix = copy.copy(ctx.prefix)
+            prefix.model, prefix._repeated, prefix._repeated_bytes = None, {}, 0
+        return {"context": replace(ctx, model=None, prefix=prefix, selections={}, exact_stacks={})}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["context"])
+        ctx = state["context"]
+        if ctx.model is None:
+            ctx = replace(ctx, model=_rebuilt_model(ctx))
+            if ctx.prefix is not None:
+                ctx.prefix.model = ctx.model
+        self.__init__(ctx)
+
+
+def _rebuilt_model(context: TrialContext) -> nn.Module:
+    """The campaign's model built on this worker from the spec, proven equal to the driver's."""
+    from ._model import campaign_model, model_digest
+
+    model = campaign_model(context.spec, log=lambda *_: None)
+    digest = model_digest(model)
+    if digest != context.digest:
+        raise QFaultConfigError("model", context.spec.model.source, "the model the campaign's driver built",
+                                hint=f"this worker built another one (model digest {digest[:12]}, the driver's "
+                                     f"{context.digest[:12]}): give every node the same model files, demo cache "
+                                     "(QFAULT_CACHE) and library versions")
+    return model

@@ -9,6 +9,7 @@ is one line ``qfault: error: ...`` (every invalid config field, one per line) an
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from ._subcommand import Subcommand
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .._errors import QFaultConfigError
 
+    # importing Brevitas loads torch.utils.cpp_extension, which warns on every machine without a
+    # CUDA toolkit although nothing here compiles an extension
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         return int(args.subcommand.run(args))
     except QFaultConfigError as exc:  # bad input: the fields and what they allow, no traceback

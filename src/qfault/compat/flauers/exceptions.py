@@ -29,6 +29,11 @@ class _FlauersError:
         else:
             QFaultConfigError.__init__(self, field, value, allowed, hint)  # type: ignore[arg-type]
 
+    def __reduce__(self):
+        if self.field is None:  # built from a message
+            return type(self), (str(self)[len(self.prefix):],)
+        return type(self), (self.field, self.value, self.allowed, self.hint)
+
 
 class InjectionError(_FlauersError, QFaultConfigError):
     """A fault that does not fit the array (a PE outside it, a bit past the register width)."""
