@@ -248,12 +248,12 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
     if golden is not None:  # resuming: the trials so far were classified against this golden run
         _check_golden(path, golden, clean)
     else:
-        golden = {"logits": clean.logits, "labels": clean.labels, "accuracy": 100.0 * clean.accuracy}
+        golden = {"logits": clean.logits, "labels": clean.labels, "accuracy": _percent_correct(clean)}
         if spec.mitigation is not None:  # seed 000 reports the float baseline beside the quantized one
             from ..layers import float_mode
 
             with float_mode(model):
-                golden["float_accuracy"] = 100.0 * golden_run(model, batches, device).accuracy
+                golden["float_accuracy"] = _percent_correct(golden_run(model, batches, device))
     with CampaignStore(path, spec, golden=golden, meta=digests) as store:
         if store.golden() is None:  # a store created without one (by hand or an older version)
             store.save_golden(golden)
@@ -280,6 +280,14 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
         finally:
             bar.close()
         return summarize(spec, store)
+
+
+def _percent_correct(run) -> float:
+    """Top-1 accuracy in percent, computed as a trial's (``100 * correct / images``), so that a
+    point without faults averages to exactly the golden accuracy."""
+    if run.labels is None:
+        return 100.0 * run.accuracy  # raises: accuracy needs labels
+    return 100.0 * int((run.predictions == run.labels).sum()) / max(1, len(run))
 
 
 def _check_digests(path, meta: dict, digests: dict) -> None:
