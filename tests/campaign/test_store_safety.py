@@ -346,3 +346,15 @@ def test_a_trial_function_ships_the_recipe_not_the_model(tmp_path):
     wrong = TrialFunction(TrialContext(spec, model, batches, golden, digest="0" * 64))
     with pytest.raises(QFaultConfigError, match=r"this worker built another one \(model digest"):
         pickle.loads(pickle.dumps(wrong))
+
+
+def test_a_mitigation_section_needs_quantized_linear_layers_before_any_file(tmp_path, capsys):
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(spec_dict(tmp_path, faults=[], sweep={},
+                                             mitigation={"rate": 1.0, "method": "cvm", "tile": 16})))
+    for action in ("validate", "run"):
+        assert main(["campaign", "--no-progress", action, str(path)]) == 2
+        assert capsys.readouterr().err == (
+            "qfault: error: mitigation.model='Sequential' is invalid: allowed a model with SeedQuantLinear layers "
+            "(swap them in first: qfault.layers.swap_modules(model, SeedQuantConfig()))\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.yaml"]
