@@ -8,6 +8,7 @@ exactly once per forward are reused, so weight sharing and re-used activation mo
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
@@ -83,6 +84,13 @@ class PrefixCache:
         self.repeat = 1
         self._repeated: dict[tuple[int, int], object] = {}
         self._repeated_bytes = 0
+
+    def without_model(self) -> "PrefixCache":
+        """A copy holding only the recorded outputs, to ship to a worker that builds its own
+        model (it sets ``model`` to it)."""
+        shipped = copy.copy(self)
+        shipped.model, shipped._repeated, shipped._repeated_bytes = None, {}, 0
+        return shipped
 
     def record(self) -> list:
         """Hooks that record each chosen module's output; returns their handles."""

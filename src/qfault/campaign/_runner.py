@@ -229,7 +229,7 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
     executor = executor or LocalExecutor()
     path = spec.store_path()
     # a foreign, damaged or other spec's store is refused before any work, every file untouched
-    stored = CampaignStore.check(path, spec) if path.exists() and path.stat().st_size > 0 else None
+    stored = CampaignStore.check(path, spec, writing=True) if path.exists() and path.stat().st_size > 0 else None
     recipe = model is None  # workers may build the model themselves from the spec
     # data, model and every model-dependent check before a store is created or changed
     batches = batches if batches is not None else load_batches(spec)
@@ -315,9 +315,10 @@ def _check_golden(path, golden: dict, clean) -> None:
 def check_campaign(spec: CampaignSpec, model: nn.Module, batches: list) -> Plan:
     """The campaign's plan, after every check that needs the model, all errors at once.
 
-    Every sweep point's fault specs select modules of ``model`` and are injected once (without
-    running trials); specs on activations also run one image, where sites and bit widths meet
-    the values (one forward of one image per point). Nothing is written anywhere.
+    Every sweep point's fault specs must select modules of ``model``, be injected and meet the
+    values in a forward of one image (where sites and bit widths are checked), ``CHECK_GROUP``
+    specs per injection, the forward ended once the faulted modules ran; a mitigation section
+    is injected once per distinct section. Nothing is written anywhere.
 
     Raises:
         QFaultConfigError: a :class:`~qfault.config.ConfigErrors` naming each bad field
@@ -390,9 +391,11 @@ def _model_errors(model: nn.Module, plan: Plan, sample) -> Iterator[tuple[Planne
 
     def run(group: list) -> None:
         modules = {id(m): m for _, _, _, selected in group for _, m in selected}
+        # hooks of a layer chosen per forward attach after the stopping hooks: run the whole forward
+        whole = any(c[2].layer_mode == "random_per_forward" for c in group)
         with inject(model, [c[2] for c in group], selections=[c[3] for c in group]), torch.no_grad():
             if sample is not None:
-                _checked_forward(model, sample, list(modules.values()))
+                _checked_forward(model, sample, [] if whole else list(modules.values()))
 
     for start in range(0, len(checks), CHECK_GROUP):
         group = checks[start:start + CHECK_GROUP]
@@ -428,8 +431,12 @@ class _FaultsMet(Exception):
 
 def _checked_forward(model: nn.Module, sample: torch.Tensor, modules: list[nn.Module]) -> None:
     """A forward of ``sample`` in which the injected faults meet the values, ended as soon as
-    each of ``modules`` (the faulted ones) has run once: the rest checks nothing more."""
+    each of ``modules`` (the faulted ones) has run once: the rest checks nothing more (no
+    ``modules``: the whole forward)."""
     waiting = {id(m) for m in modules}
+    if not waiting:
+        model(sample)
+        return
 
     def ran(module, args, out) -> None:
         waiting.discard(id(module))

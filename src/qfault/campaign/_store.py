@@ -331,8 +331,9 @@ class CampaignStore:
 
     # -- validation (read-only) --------------------------------------------------------------
     @staticmethod
-    def check(path: str | Path, spec: CampaignSpec) -> dict:
-        """Check the existing store at ``path`` for ``spec`` without modifying any file.
+    def check(path: str | Path, spec: CampaignSpec, *, writing: bool = False) -> dict:
+        """Check the existing store at ``path`` for ``spec`` without modifying any file
+        (``writing``: also that no other run writes to it, so a second run is refused at once).
 
         Returns:
             ``{"meta": {key: value}, "golden": the golden run or None, "trials": count,
@@ -343,6 +344,8 @@ class CampaignStore:
         """
         path = Path(path)
         meta = _read_meta(path)
+        if writing and _writer_active(path):
+            _lock(path)  # raises the clear "another run holds it"
         try:
             ro = _ReadOnly(path)
             try:
@@ -408,10 +411,12 @@ class CampaignStore:
         indices follow their values into the new sweep."""
         if not self.extension:
             return
-        stored = CampaignSpec.from_dict(self.stored_spec())
-        old = {json.dumps(values, sort_keys=True): i for i, values in enumerate(stored.points())}
-        new = {json.dumps(values, sort_keys=True): i for i, values in enumerate(spec.points())}
-        moves = {old[key]: new[key] for key in old if old[key] != new[key]}
+        moves = {}
+        if any(line.startswith("sweep.") for line in self.extension):  # (an "each" axis never changes)
+            stored = CampaignSpec.from_dict(self.stored_spec())
+            old = {json.dumps(values, sort_keys=True): i for i, values in enumerate(stored.points())}
+            new = {json.dumps(values, sort_keys=True): i for i, values in enumerate(spec.points())}
+            moves = {old[key]: new[key] for key in old if old[key] != new[key]}
         with self._transaction():
             tables = ["trials"] + (["details"] if self._has_details() else [])
             for table in tables:  # in two steps: no primary key collides on the way

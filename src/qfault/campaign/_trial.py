@@ -14,7 +14,6 @@ batch is repeated once per trial and block ``k`` gets the faults trial ``k`` alo
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -435,10 +434,7 @@ class TrialFunction:
         if ctx.digest is None:
             return {"context": ctx}
         # what builds the model travels, never the model: the worker builds it from the spec
-        prefix = None
-        if ctx.prefix is not None:
-            prefix = copy.copy(ctx.prefix)
-            prefix.model, prefix._repeated, prefix._repeated_bytes = None, {}, 0
+        prefix = ctx.prefix.without_model() if ctx.prefix is not None else None
         return {"context": replace(ctx, model=None, prefix=prefix, selections={}, exact_stacks={})}
 
     def __setstate__(self, state: dict) -> None:
