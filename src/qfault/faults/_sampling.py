@@ -16,6 +16,9 @@ import numpy as np
 import torch
 
 _DENSE_FRACTION = 0.25  # above this fraction of n, a permutation is cheaper than rejection
+#: from this many positions per ``n`` on, a mark in an ``n``-entry mask deduplicates them faster
+#: than sorting them (measured: 185k of 3.7M positions, 3.5 ms against 9.5 ms), still O(k)
+_MASK_FRACTION = 1 / 128
 
 
 def derive_seed(*keys: object) -> int:
@@ -80,8 +83,10 @@ def distinct_array(n: int, k: int, generator: torch.Generator) -> np.ndarray:
         return np.empty(0, dtype=np.int64)
     if k > n * _DENSE_FRACTION:
         return torch.randperm(n, generator=generator)[:k].sort().values.numpy()
+    if k >= n * _MASK_FRACTION:  # the same draws, deduplicated by marking them in a mask
+        return _distinct_by_mask(n, k, generator)
     # small sorted arrays: numpy's sort is several times cheaper than torch.unique on the CPU
-    have = _sorted_unique(torch.randint(n, (k,), generator=generator, dtype=torch.int64).numpy())
+    have = _sorted_unique(torch.randint(n, (k,), generator=generator, dtype=torch.int64).numpy(), n)
     while have.size < k:
         more = torch.randint(n, (k - have.size,), generator=generator, dtype=torch.int64).numpy()
         if more.size <= 8:  # the usual case: merge a few positions without sorting everything again
@@ -89,11 +94,30 @@ def distinct_array(n: int, k: int, generator: torch.Generator) -> np.ndarray:
             fresh = sorted({int(v) for v, i in zip(more.tolist(), at.tolist()) if i == have.size or have[i] != v})
             have = np.insert(have, have.searchsorted(fresh), fresh) if fresh else have
         else:
-            have = _sorted_unique(np.concatenate([have, more]))
+            have = _sorted_unique(np.concatenate([have, more]), n)
     return have
 
 
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
+def _distinct_by_mask(n: int, k: int, generator: torch.Generator) -> np.ndarray:
+    """:func:`distinct_array` for ``k >= n * _MASK_FRACTION``: the same draws (the shortfall
+    redrawn until ``k`` are distinct), marked in an ``n``-entry mask instead of sorted."""
+    mask = np.zeros(n, dtype=np.bool_)
+    mask[torch.randint(n, (k,), generator=generator, dtype=torch.int64).numpy()] = True
+    have = int(np.count_nonzero(mask))
+    while have < k:
+        more = np.unique(torch.randint(n, (k - have,), generator=generator, dtype=torch.int64).numpy())
+        fresh = more[~mask[more]]
+        mask[fresh] = True
+        have += fresh.size
+    return np.flatnonzero(mask).astype(np.int64, copy=False)
+
+
+def _sorted_unique(values: np.ndarray, n: int) -> np.ndarray:
+    """The distinct ``values`` (positions in ``range(n)``), sorted."""
+    if values.size >= n * _MASK_FRACTION:
+        mask = np.zeros(n, dtype=np.bool_)
+        mask[values] = True
+        return np.flatnonzero(mask).astype(np.int64, copy=False)
     values = np.sort(values)
     if values.size > 1:
         repeated = values[1:] == values[:-1]
@@ -149,7 +173,7 @@ def nested_bernoulli_array(n: int, p: float, generator: torch.Generator) -> np.n
         if before < size:
             break
         clock, size = float(times[-1]), size * 2
-    hit = _sorted_unique(np.concatenate(found))
+    hit = _sorted_unique(np.concatenate(found), n)
     if p > _NESTED_SPARSE_MAX:
         share = (p - _NESTED_SPARSE_MAX) / (1.0 - _NESTED_SPARSE_MAX)
         uniforms = torch.rand(n, generator=torch.Generator().manual_seed(words[1]), dtype=torch.float64)
