@@ -72,3 +72,18 @@ class FaultRecorder:
     def signature(self) -> list[tuple]:
         """Hashable summary of the recorded faults (site, indices, patterns)."""
         return [(n, tuple(d.index.tolist()), tuple(d.mask.tolist())) for n, d, _, _ in self.calls]
+
+
+def store_rows(store_path) -> list[tuple]:
+    """The trial rows of a campaign store, read-only, in (point, repetition) order: ``(point,
+    repetition, point_json, seed, accuracy, counts, faults)`` (what must not depend on where or
+    when a trial ran; its time is left out)."""
+    import sqlite3
+    from pathlib import Path
+
+    conn = sqlite3.connect(f"{Path(store_path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT point, repetition, point_json, seed, accuracy, counts, faults FROM trials "
+                            "ORDER BY point, repetition").fetchall()
+    finally:
+        conn.close()

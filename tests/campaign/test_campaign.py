@@ -18,6 +18,7 @@ from qfault import QFaultConfigError
 from qfault.campaign import CampaignSpec, CampaignStore, StoreMismatch, run_campaign, spec_diff
 from qfault.campaign._stats import leveugle_sample_size
 from qfault.cli.main import main
+from qfault.testing import store_rows
 
 FACTORY = "qfault.testing:tiny_digits_mlp"
 
@@ -40,13 +41,7 @@ def spec_dict(tmp_path: Path, **changes) -> dict:
     return data
 
 
-def rows(store_path) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True)
-    try:
-        return conn.execute("SELECT point, repetition, point_json, seed, accuracy, counts, faults FROM trials "
-                            "ORDER BY point, repetition").fetchall()
-    finally:
-        conn.close()
+rows = store_rows
 
 
 def digest(path: Path) -> str:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from qfault.cli.main import main
+from qfault.testing import store_rows as rows
 
 FACTORY = "qfault.testing:tiny_digits_mlp"
 #: the overrides of the first run (the YAML file says limit 120, repetitions 3)
@@ -31,15 +32,6 @@ def write_spec(tmp_path: Path) -> Path:
     return path
 
 
-def trial_rows(store: Path) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
-    try:
-        return conn.execute("SELECT point, repetition, point_json, seed, accuracy, counts, faults FROM trials "
-                            "ORDER BY point, repetition").fetchall()
-    finally:
-        conn.close()
-
-
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -54,7 +46,7 @@ def campaign(tmp_path, capsys):
     spec = write_spec(tmp_path)
     assert main(["campaign", "run", str(spec), *OVERRIDES, "--no-progress"]) == 0
     store = tmp_path / "c.qfault.db"
-    assert len(trial_rows(store)) == 2 * 2
+    assert len(rows(store)) == 2 * 2
     capsys.readouterr()
     return spec, store
 
@@ -91,15 +83,15 @@ def test_spec_without_overrides_uses_the_stored_spec(campaign, tmp_path, capsys)
 
 def test_resume_takes_the_store_file_and_the_plain_spec(campaign, tmp_path, capsys):
     spec, store = campaign
-    complete = trial_rows(store)
+    complete = rows(store)
     for target in (store, spec):
         conn = sqlite3.connect(store)  # as if killed before the last trials were stored
         conn.execute("DELETE FROM trials WHERE point = 1")
         conn.commit()
         conn.close()
-        assert len(trial_rows(store)) == 2
+        assert len(rows(store)) == 2
         assert main(["campaign", "resume", str(target), "--no-progress"]) == 0
-        assert trial_rows(store) == complete, target
+        assert rows(store) == complete, target
 
 
 def test_overrides_with_a_different_store_are_still_refused(campaign, capsys):

@@ -124,11 +124,7 @@ def model_digest(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, value in model.state_dict().items():
         digest.update(name.encode() + b"\0")
-        if isinstance(value, torch.Tensor):
-            digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
-            digest.update(_tensor_bytes(value))
-        else:
-            digest.update(repr(value).encode())
+        _update(digest, value)
     return digest.hexdigest()
 
 
@@ -136,10 +132,15 @@ def data_digest(batches: Iterable[tuple[torch.Tensor, Any]]) -> str:
     """SHA-256 of the evaluation batches: inputs and labels, batch by batch, in order."""
     digest = hashlib.sha256()
     for x, y in batches:
-        for tensor in (x, y):
-            if isinstance(tensor, torch.Tensor):
-                digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-                digest.update(_tensor_bytes(tensor))
-            else:
-                digest.update(repr(tensor).encode())
+        _update(digest, x)
+        _update(digest, y)
     return digest.hexdigest()
+
+
+def _update(digest, value: Any) -> None:
+    """Feed a tensor (dtype, shape, bytes) or any other value (its repr) to ``digest``."""
+    if isinstance(value, torch.Tensor):
+        digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(_tensor_bytes(value))
+    else:
+        digest.update(repr(value).encode())
