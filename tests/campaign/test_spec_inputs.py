@@ -248,3 +248,15 @@ def test_from_dict_reports_errors_without_lines():
     with pytest.raises(QFaultConfigError) as info:
         CampaignSpec.from_dict({"faults": [{"fault": {"type": "bit_flip", "ber": "abc"}}]})
     assert str(info.value) == "faults[0].fault.ber='abc' is invalid: allowed a number in [0.0, 1.0]"
+
+
+def test_an_error_of_every_sweep_point_is_reported_once(tmp_path):
+    """A fault spec the sweep makes invalid at every point (sites given, the sweep adds a BER)."""
+    path = write(tmp_path, SWEEP.replace("    - 2.0\n    - '1e-2'\n    - x\n", "").replace(
+        "  mitigation.rate: [1]\n", "").replace("{type: bit_flip, ber: 0.001}", "{type: bit_flip, sites: [[0, 1]]}")
+        .replace("    - 0.001\n", "    - 0.001\n    - 0.01\n"))
+    with pytest.raises(QFaultConfigError) as info:
+        CampaignSpec.from_yaml(path)
+    assert str(info.value) == (
+        "sweep (all 2 points): faults[0].fault.bit_flip=['ber', 'sites'] is invalid: allowed exactly one of ber, "
+        f"count or sites (e.g. BitFlip(ber=1e-3) or BitFlip(count=1)) ({path} line 5)")  # the sweep

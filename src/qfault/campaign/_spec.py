@@ -584,8 +584,25 @@ def _nested_checks() -> dict:
             return None
         sweep = {path: values if values == "each" else type(values)(_axis_numbers(path, list(values), state["first"]))
                  for path, values in value.items()}
-        for point in _sweep_points(sweep):
-            _check_point(point, faults, mitigation, errors)
+        points = _sweep_points(sweep)
+        everywhere: dict[tuple, list] = {}  # an error every point has is reported once
+        for point in points:
+            found = ConfigErrors()
+            _check_point(point, faults, mitigation, found)
+            prefix = f"sweep {point}: "
+            for error in found:
+                field_name = str(error.field)
+                if not field_name.startswith(prefix):
+                    errors.append(error)
+                    continue
+                key = (field_name[len(prefix):], repr(error.value), error.allowed, error.hint)
+                everywhere.setdefault(key, []).append(error)
+        for (field_name, _, allowed, hint), group in everywhere.items():
+            if len(points) > 1 and len(group) == len(points):
+                errors.add(f"sweep (all {len(points)} points): {field_name}", group[0].value, allowed, hint=hint)
+            else:
+                for error in group:
+                    errors.append(error)
         return sweep if len(errors) == before else None
 
     return {"faults": check_faults, "mitigation": check_mitigation, "systolic": check_systolic,
