@@ -24,7 +24,8 @@ class Campaign:
     help = "run, resume, inspect, report or validate a fault-injection campaign from a YAML spec"
     description = ("Campaigns are YAML specs (a commented template: 'qfault cp campaign_digits.yaml'). "
                    "key=value overrides change fields (dotted keys, YAML values: faults.0.fault.ber=1e-3, "
-                   "sweep.fault.ber='[0, 1e-3]'); 'validate' reports every invalid field at once. Results "
+                   "sweep.fault.ber='[0, 1e-3]'); 'validate' builds the model and reports every "
+                   "invalid field at once (nothing is written). Results "
                    "go to one SQLite store per campaign; a killed run resumes where it stopped. 'resume', "
                    "'status' and 'report' also take the store file as SPEC (its stored spec is used), and "
                    "a YAML spec without overrides whose store was run with overrides uses the stored spec.")
