@@ -115,65 +115,70 @@ def _median_ratio(clean, faulty, rounds: int) -> tuple[float, float, float]:
     return statistics.median(ratios), statistics.median(clean_times), statistics.median(faulty_times)
 
 
+def _faults(statistics: bool) -> InjectSpec:
+    """5 % random-value faults on every quantized activation (seed 001's default probability)."""
+    return InjectSpec(fault={"type": "random_value", "probability": 5.0}, site="output", seed=0,
+                      track_statistics=statistics)
+
+
+def _toggled(handle, work):
+    """``enabled -> run``: a run of ``work`` with ``handle``'s faults on or off."""
+    def make(enabled: bool):
+        def run():
+            handle.enable() if enabled else handle.disable()
+            work()
+        return run
+    return make
+
+
+def _line(what: str, ratio: float, clean: float, faulty: float, goal: float, faulty_label: str) -> str:
+    return (f"{what}: clean {clean * 1e3:.1f} ms, {faulty_label} {faulty * 1e3:.1f} ms -> {ratio:.3f}x "
+            f"(goal <= {goal}x: {'PASS' if ratio <= goal else 'MISS'})")
+
+
 def speed(rounds: int) -> None:
     torch.manual_seed(0)
     model = build_model("quant_cnv", weight_bit_width=2, act_bit_width=2)
     x = torch.rand(64, 3, 32, 32)
     y = torch.randint(0, 10, (64,))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    spec = InjectSpec(fault={"type": "random_value", "probability": 5.0}, site="output", seed=0,
-                      track_statistics=False)
-    handle = inject(model, [spec])
+    handle = inject(model, [_faults(statistics=False)])
 
-    def step(enabled: bool):
-        def run():
-            handle.enable() if enabled else handle.disable()
-            optimizer.zero_grad()
-            out = model(x)
-            torch.nn.functional.cross_entropy(getattr(out, "value", out), y).backward()
-            optimizer.step()
-        return run
+    def step():
+        optimizer.zero_grad()
+        out = model(x)
+        torch.nn.functional.cross_entropy(getattr(out, "value", out), y).backward()
+        optimizer.step()
 
     model.train()
-    ratio, clean, faulty = _median_ratio(step(False), step(True), rounds)
-    print(f"\n[2] quant_cnv w2a2, batch 64, 3x32x32, {handle.num_sites} activation sites, Adam step: clean "
-          f"{clean * 1e3:.1f} ms, 5 % faults {faulty * 1e3:.1f} ms -> {ratio:.3f}x (goal <= 1.15x: "
-          f"{'PASS' if ratio <= 1.15 else 'MISS'})")
-    model.eval()  # the same model evaluated (the seed's evaluate runs CNV on CIFAR-10), statistics on
-    stats = inject(model, [InjectSpec(fault={"type": "random_value", "probability": 5.0}, site="output", seed=0,
-                                      track_statistics=True)])
+    make = _toggled(handle, step)
+    ratio, clean, faulty = _median_ratio(make(False), make(True), rounds)
+    print("\n[2] " + _line(f"quant_cnv w2a2, batch 64, 3x32x32, {handle.num_sites} activation sites, Adam step",
+                           ratio, clean, faulty, 1.15, "5 % faults"))
     handle.remove()
+
+    model.eval()  # the same model evaluated (the seed's evaluate runs CNV on CIFAR-10), statistics on
+    stats = inject(model, [_faults(statistics=True)])
     batches = [torch.rand(64, 3, 32, 32) for _ in range(4)]
 
-    def cnv_evaluation(enabled: bool):
-        def run():
-            stats.enable() if enabled else stats.disable()
-            with torch.no_grad():
-                for batch in batches:
-                    model(batch)
-        return run
+    def cnv_evaluation():
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
 
-    ratio, clean, faulty = _median_ratio(cnv_evaluation(False), cnv_evaluation(True), max(3, rounds // 3))
-    print(f"    quant_cnv w2a2 evaluation (4 batches of 64): clean {clean * 1e3:.1f} ms, 5 % faults with statistics "
-          f"{faulty * 1e3:.1f} ms -> {ratio:.3f}x (goal <= 1.2x: {'PASS' if ratio <= 1.2 else 'MISS'})")
+    make = _toggled(stats, cnv_evaluation)
+    ratio, clean, faulty = _median_ratio(make(False), make(True), max(3, rounds // 3))
+    print("    " + _line("quant_cnv w2a2 evaluation (4 batches of 64)", ratio, clean, faulty, 1.2,
+                         "5 % faults with statistics"))
     stats.remove()
 
     val = build_dataset({"name": "digits"})
     digits = build_model("digits_cnn").eval()
-    stats_spec = InjectSpec(fault={"type": "random_value", "probability": 5.0}, site="output", seed=0,
-                            track_statistics=True)
-    stats_handle = inject(digits, [stats_spec])
-
-    def evaluation(enabled: bool):
-        def run():
-            stats_handle.enable() if enabled else stats_handle.disable()
-            evaluate_accuracy(digits, val)
-        return run
-
-    ratio, clean, faulty = _median_ratio(evaluation(False), evaluation(True), rounds)
-    print(f"    digits CNN evaluation (450 images): clean {clean * 1e3:.1f} ms, 5 % faults with statistics "
-          f"{faulty * 1e3:.1f} ms -> {ratio:.3f}x (goal <= 1.2x: {'PASS' if ratio <= 1.2 else 'MISS'})")
-    stats_handle.remove()
+    stats = inject(digits, [_faults(statistics=True)])
+    make = _toggled(stats, lambda: evaluate_accuracy(digits, val))
+    ratio, clean, faulty = _median_ratio(make(False), make(True), rounds)
+    print("    " + _line("digits CNN evaluation (450 images)", ratio, clean, faulty, 1.2, "5 % faults with statistics"))
+    stats.remove()
 
 
 def main() -> None:

@@ -493,16 +493,23 @@ class GoldenRun:
         return self.labels
 
     @property
+    def correct(self) -> int:
+        """Images whose top-1 class is their label.
+
+        Raises:
+            QFaultConfigError: The run has no labels.
+        """
+        return int((self.predictions == self._need_labels("correct")).sum())
+
+    @property
     def accuracy(self) -> float:
         """Top-1 accuracy as a fraction in [0, 1] (NaN for zero images).
 
         Raises:
             QFaultConfigError: The run has no labels.
         """
-        y = self._need_labels("accuracy")
-        if len(self) == 0:
-            return math.nan
-        return float((self.predictions == y).double().mean())
+        self._need_labels("accuracy")
+        return math.nan if len(self) == 0 else self.correct / len(self)
 
     @property
     def top5(self) -> float:

@@ -285,9 +285,7 @@ def run_campaign(spec: CampaignSpec, *, executor: Executor | None = None, progre
 def _percent_correct(run) -> float:
     """Top-1 accuracy in percent, computed as a trial's (``100 * correct / images``), so that a
     point without faults averages to exactly the golden accuracy."""
-    if run.labels is None:
-        return 100.0 * run.accuracy  # raises: accuracy needs labels
-    return 100.0 * int((run.predictions == run.labels).sum()) / max(1, len(run))
+    return 100.0 * run.correct / max(1, len(run))
 
 
 def _check_digests(path, meta: dict, digests: dict) -> None:
@@ -407,14 +405,14 @@ def _model_errors(model: nn.Module, plan: Plan, sample) -> Iterator[tuple[Planne
                     run([check])
                 except QFaultConfigError as exc:
                     yield check[0], where(check[1], exc), exc
-    mitigations: dict[str, QFaultConfigError | None] = {}
+    if any(point.mitigation is not None for point in plan.points):
+        from ..mitigation import StuckAtSpec
+    mitigations: dict[str, QFaultConfigError | None] = {}  # one check per distinct section
     for point in plan.points:
         if point.mitigation is None:
             continue
         key = json.dumps(point.mitigation, sort_keys=True, default=str)
         if key not in mitigations:
-            from ..mitigation import StuckAtSpec
-
             mitigations[key] = None
             try:
                 with inject(model, StuckAtSpec(**point.mitigation, seed=0)):

@@ -109,10 +109,10 @@ def spec_extension(stored: dict, new: dict) -> list[str] | None:
                     continue
                 if not (isinstance(before, list) and isinstance(after, list)):
                     return None
-                keys = lambda values: [json.dumps(v, sort_keys=True) for v in values]  # noqa: E731
-                if not set(keys(before)) <= set(keys(after)):
+                kept = {json.dumps(v, sort_keys=True) for v in before}
+                if not kept <= {json.dumps(v, sort_keys=True) for v in after}:  # a stored value is gone
                     return None
-                added = [v for v, k in zip(after, keys(after)) if k not in set(keys(before))]
+                added = [v for v in after if json.dumps(v, sort_keys=True) not in kept]
                 changes.append(f"sweep.{axis}: adds {added!r}")
             continue
         return None
