@@ -6,13 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
 import qfault
 from qfault import QFaultConfigError
 from qfault.formats import IntFormat
-from qfault.sensitivity import METHODS, SensitivityConfig, msb_first_order, rank_bits, weight_views
+from qfault.sensitivity import (
+    METHODS, Curvature, LeafForward, SensitivityConfig, lanczos_eigenpairs, msb_first_order, rank_bits, weight_views,
+)
 
 
 class _Net(nn.Module):
@@ -72,6 +76,76 @@ def test_hessian_eigenpairs_and_scores_match_the_dense_hessian():
     theta = np.concatenate([v.theta.double().numpy() for v in views])
     expected = sum(values[j] ** 2 * abs(vectors[:, j] @ theta) * np.abs(vectors[:, j]) for j in order)
     assert np.allclose(np.concatenate(ranking.param_scores), expected, rtol=1e-3, atol=1e-8)
+
+
+def _symmetric(seed: int, n: int, spectrum: str) -> np.ndarray:
+    """A symmetric matrix with a random eigenbasis: a spread spectrum of both signs, one with
+    repeated eigenvalues, or a low-rank one (most eigenvalues exactly 0)."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    if spectrum == "spread":
+        values = rng.standard_normal(n) * np.logspace(0, -3, n)
+    elif spectrum == "repeated":
+        values = rng.choice([-2.0, 0.5, 3.0], n)
+    else:
+        values = np.zeros(n)
+        values[:3] = [4.0, -1.5, 0.7][:n]
+    return (basis * values) @ basis.T
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 60), k=st.integers(1, 8),
+       spectrum=st.sampled_from(["spread", "repeated", "low_rank"]), basis=st.sampled_from([None, 6]))
+def test_lanczos_finds_the_largest_eigenpairs_of_a_dense_matrix(seed, n, k, spectrum, basis):
+    """Against numpy's eigh: the eigenvalues largest in |λ| and unit eigenvectors with
+    ``||A v - λ v|| <= tol |λ|``; a basis of 6 vectors makes ARPACK finish most cases."""
+    matrix = _symmetric(seed, n, spectrum)
+    k = min(k, n)
+    calls = []
+    start = np.random.default_rng(seed + 1).standard_normal(n)
+    values, vectors = lanczos_eigenpairs(lambda v: calls.append(1) or matrix @ v, n, k, 1e-8, start, basis=basis)
+    expected = np.linalg.eigvalsh(matrix)
+    expected = expected[np.argsort(-np.abs(expected), kind="stable")][:k]
+    scale = max(np.abs(expected).max(), 1e-12)
+    assert values.shape == (k,) and vectors.shape == (n, k)
+    assert np.allclose(np.abs(values), np.abs(expected), atol=1e-6 * scale)
+    assert np.allclose(np.linalg.norm(vectors, axis=0), 1.0, atol=1e-6)
+    residual = np.linalg.norm(matrix @ vectors - vectors * values, axis=0)
+    assert np.all(residual <= 1e-6 * scale)
+    if basis is None and spectrum == "spread":  # distinct eigenvalues: Lanczos alone, a product per step
+        assert len(calls) <= n
+
+
+def test_lanczos_stops_at_the_tolerance_and_hands_an_invariant_space_to_arpack():
+    rng = np.random.default_rng(0)
+    matrix = _symmetric(3, 200, "spread")
+    calls = []
+    lanczos_eigenpairs(lambda v: calls.append(1) or matrix @ v, 200, 3, 1e-2, rng.standard_normal(200))
+    loose = len(calls)
+    calls.clear()
+    lanczos_eigenpairs(lambda v: calls.append(1) or matrix @ v, 200, 3, 1e-9, rng.standard_normal(200))
+    assert loose < len(calls)
+    # a start in a 2-dimensional invariant subspace: the third eigenpair is outside it
+    diagonal = np.diag([5.0, 4.0, 3.0, 0.1, 0.01])
+    values, vectors = lanczos_eigenpairs(lambda v: diagonal @ v, 5, 3, 1e-10, np.array([1.0, 1.0, 0, 0, 0]))
+    assert np.allclose(values, [5.0, 4.0, 3.0]) and np.allclose(np.abs(vectors), np.eye(5)[:, :3], atol=1e-8)
+
+
+def test_kept_gradient_graphs_give_the_recomputed_hessian_vector_products():
+    model, (x, y) = _Net().eval(), _data(24)
+    views = weight_views(model, x, fmt=IntFormat(6))
+    batches = [(x[:8], y[:8]), (x[8:16], y[8:16]), (x[16:], y[16:])]
+    curvatures = [Curvature(LeafForward(model, views), batches, retain=r) for r in (0, 2, 3)]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):  # the kept graphs serve every later product
+        vectors = [torch.randn(leaf.shape, generator=gen) for leaf in curvatures[0].leaves]
+        products = [torch.cat([p.reshape(-1) for p in c.hvp(vectors)]) for c in curvatures]
+        for other in products[1:]:
+            assert torch.allclose(other, products[0], rtol=1e-5, atol=1e-7)
+    assert [len(c._graphs) for c in curvatures] == [0, 2, 3]
+    kept = rank_bits(model, (x, y), method="hessian", eigenpairs=3, format=IntFormat(6), kept_graphs=4)
+    recomputed = rank_bits(model, (x, y), method="hessian", eigenpairs=3, format=IntFormat(6), kept_graphs=0)
+    assert np.allclose(kept.eigenvalues, recomputed.eigenvalues, rtol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["gradient", "taylor", "delta"])
@@ -167,6 +241,8 @@ def test_errors_name_the_field():
     with pytest.raises(QFaultConfigError, match=r"method='hess' is invalid: allowed one of delta, gradient, hessian"):
         SensitivityConfig(method="hess")
     model, data = _Net(), _data()
+    with pytest.raises(QFaultConfigError, match="kept_graphs"):
+        SensitivityConfig(method="hessian", kept_graphs=-1)
     with pytest.raises(QFaultConfigError, match="format"):
         rank_bits(model, data, method="gradient")
     with pytest.raises(QFaultConfigError, match="types/names"):

@@ -90,10 +90,14 @@ class TorchCodec:
         block = _exact_block(fmt)
         if block is None or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return float(fmt.encode(x, scale, zero, axis).to(torch.float64).square().sum())  # exact below 2**53
-        squares = fmt.float_codes(x.float(), scale, zero, axis).square_().reshape(-1)
-        full = squares.numel() // block * block
-        total = float(squares[:full].view(-1, block).sum(dim=1).double().sum()) if full else 0.0
-        return total + float(squares[full:].sum())
+        for keep_nan in (True, False):  # NaN kept (one pass fewer) shows in the total: then encoded as 0
+            squares = fmt.float_codes(x.float(), scale, zero, axis, keep_nan=keep_nan).square_().reshape(-1)
+            full = squares.numel() // block * block
+            total = float(squares[:full].view(-1, block).sum(dim=1).double().sum()) if full else 0.0
+            total += float(squares[full:].sum())
+            if math.isfinite(total):
+                break
+        return total
 
     def wrap(self, values, mask, scale, zero):
         return values, mask, scale, zero

@@ -81,9 +81,11 @@ class NumberFormat:
     def decode(self, codes: torch.Tensor, scale=None, zero_point=None, axis=None) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover
 
-    def float_codes(self, x: torch.Tensor, scale=None, zero_point=None, axis=None) -> torch.Tensor:
+    def float_codes(self, x: torch.Tensor, scale=None, zero_point=None, axis=None, keep_nan: bool = False
+                    ) -> torch.Tensor:
         """:meth:`encode`'s codes as float32 (exact for codes below 2**24); formats override it
-        to skip the integer tensor."""
+        to skip the integer tensor. ``keep_nan`` allows NaN inputs to stay NaN (one pass fewer
+        for a caller that checks its result) instead of encoding as 0.0 does."""
         return self.encode(x, scale, zero_point, axis).to(torch.float32)
 
     def bit_regions(self) -> dict[str, tuple[int, ...]]:  # pragma: no cover - overridden

@@ -116,9 +116,10 @@ class IntFormat(NumberFormat):
         """
         return self.float_codes(x, scale, zero_point, axis).to(torch.int32)
 
-    def float_codes(self, x: torch.Tensor, scale=1.0, zero_point=0, axis: int | None = None) -> torch.Tensor:
+    def float_codes(self, x: torch.Tensor, scale=1.0, zero_point=0, axis: int | None = None,
+                    keep_nan: bool = False) -> torch.Tensor:
         """:meth:`encode`'s codes as a floating tensor of ``x``'s dtype (exact integers below
-        2**24 in float32), without the cast to int."""
+        2**24 in float32), without the cast to int; ``keep_nan``: NaN inputs may stay NaN."""
         q = x / broadcast_param(scale, x, axis) if scale is not None else x.clone()
         # in place on the fresh quotient; NaN -> 0 (the cast of NaN to int is undefined), ±inf
         # become ±max-float, the same clamp result
@@ -126,7 +127,8 @@ class IntFormat(NumberFormat):
             q = q.abs().add_(0.5).floor_().copysign_(q)
         else:
             q = q.add_(0.5).floor_() if self.rounding == "half_up" else q.round_()
-        q = q.nan_to_num_(nan=0.0)
+        if not keep_nan:
+            q = q.nan_to_num_(nan=0.0)
         if zero_point is not None and not (isinstance(zero_point, int) and zero_point == 0):
             q = q.add_(broadcast_param(zero_point, x, axis))
         return q.clamp_(self.code_min, self.code_max)

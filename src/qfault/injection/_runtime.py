@@ -57,19 +57,26 @@ def hit_sums(fmt: NumberFormat, old, new, values, faulty, ranges: list[tuple[int
             c_sq += cv * cv
             f_sq += fv * fv
         return [(int(changed), float(sq_err), float(dot), float(c_sq), float(f_sq))]
+    if len(ranges) == 1:  # torch's dot products (its own threads, never numpy's BLAS): a pass each
+        part = slice(*ranges[0])
+        c, f = _float64_tensor(c)[part], _float64_tensor(f)[part]
+        delta = f - c
+        if fmt.encodes_non_finite:
+            changed = (_tensor(old) != _tensor(new)).cpu()[part]
+            moved = torch.where(changed, delta, 0.0)
+        else:  # integer codes: an unchanged code moves by exactly 0
+            changed, moved = delta != 0, delta
+        return [(int(torch.count_nonzero(changed)), float(torch.dot(moved, moved)), float(torch.dot(c, delta)),
+                 float(torch.dot(c, c)), float(torch.dot(f, f)))]
     c, f = _float64(c), _float64(f)
     delta = f - c
     changed = _array(old) != _array(new)
     moved = np.where(changed, delta, 0.0)
     columns = np.stack([changed.astype(np.float64), moved * moved, c * delta, c * c, f * f])
-    if len(ranges) == 1:
-        lo, hi = ranges[0]
-        totals = columns[:, lo:hi].sum(axis=1)[None]
-    else:
-        starts = np.array([lo for lo, _ in ranges], dtype=np.int64)
-        padded = np.concatenate([columns, np.zeros((5, 1))], axis=1)  # reduceat needs starts < size
-        totals = np.add.reduceat(padded, starts, axis=1).T
-        totals[[hi == lo for lo, hi in ranges]] = 0.0  # reduceat gives an element for an empty range
+    starts = np.array([lo for lo, _ in ranges], dtype=np.int64)
+    padded = np.concatenate([columns, np.zeros((5, 1))], axis=1)  # reduceat needs starts < size
+    totals = np.add.reduceat(padded, starts, axis=1).T
+    totals[[hi == lo for lo, hi in ranges]] = 0.0  # reduceat gives an element for an empty range
     return [(int(row[0]), float(row[1]), float(row[2]), float(row[3]), float(row[4])) for row in totals]
 
 
@@ -79,6 +86,11 @@ def _float64(values) -> np.ndarray:
 
 def _tensor(values) -> torch.Tensor:
     return values if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values))
+
+
+def _float64_tensor(values) -> torch.Tensor:
+    """Hit-element values (a tensor on any device, a numpy array or a list) as a float64 CPU tensor."""
+    return _tensor(values).detach().cpu().to(torch.float64)
 
 
 class SiteRuntime:

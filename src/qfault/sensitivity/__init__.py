@@ -5,9 +5,9 @@ the Hessian at the quantized weights, so campaigns can target them.
 ``ranking.fault_specs(k)`` turns its top ``k`` bits into explicit fault sites for a campaign.
 """
 
-from ._curvature import Curvature
+from ._curvature import Curvature, lanczos_eigenpairs
 from ._rank import METHODS, BitRanking, SensitivityConfig, msb_first_order, rank_bits, register_method
 from ._views import LeafForward, WeightView, weight_views
 
 __all__ = ["rank_bits", "SensitivityConfig", "BitRanking", "METHODS", "register_method", "msb_first_order",
-           "Curvature", "LeafForward", "WeightView", "weight_views"]
+           "Curvature", "lanczos_eigenpairs", "LeafForward", "WeightView", "weight_views"]

@@ -2,14 +2,16 @@
 top eigenpairs of the Hessian (Lanczos, converged to a tolerance) and Hutchinson traces.
 
 The loss is the mean cross-entropy over every image of the given batches; each batch is
-differentiated on its own and the results are summed with weights ``len(batch) / total``, so
-memory stays that of one batch. The model is evaluated in eval mode (BatchNorm uses its running
-statistics): the Hessian is that of the deployed network.
+differentiated on its own and the results are summed with weights ``len(batch) / total``. The
+gradient graphs of the first ``retain`` batches are kept between Hessian-vector products, so a
+product costs one backward pass through them instead of a forward and two backward passes; the
+other batches are recomputed for every product (the memory of one batch). The model is evaluated
+in eval mode (BatchNorm uses its running statistics): the Hessian is that of the deployed network.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,12 +23,15 @@ from ._views import LeafForward
 class Curvature:
     """Derivatives of the loss of ``forward`` over ``batches`` at the views' quantized values."""
 
-    def __init__(self, forward: LeafForward, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, forward: LeafForward, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                 retain: int = 0):
         self.forward = forward
         self.batches = list(batches)
         self.total = sum(len(y) for _, y in self.batches)
         self.leaves = forward.leaves()
         self.hvp_calls = 0
+        self.retain = retain
+        self._graphs: list[tuple[torch.Tensor, ...]] = []  # gradients with their graphs, per kept batch
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.forward(x, self.leaves), y, reduction="sum") / self.total
@@ -44,13 +49,23 @@ class Curvature:
         """``H v`` per view for ``v`` given per view."""
         self.hvp_calls += 1
         total = [torch.zeros_like(leaf) for leaf in self.leaves]
-        for x, y in self.batches:
-            grads = torch.autograd.grad(self._loss(x, y), self.leaves, create_graph=True)
-            dot = sum((g * v).sum() for g, v in zip(grads, vectors))
-            products = torch.autograd.grad(dot, self.leaves, allow_unused=True)
+        for i, (x, y) in enumerate(self.batches):
+            keep = i < self.retain
+            if keep and i < len(self._graphs):
+                grads = self._graphs[i]
+            else:
+                grads = torch.autograd.grad(self._loss(x, y), self.leaves, create_graph=True)
+                if keep:
+                    self._graphs.append(grads)
+            # a gradient without a graph is constant in the weights: its block of H is zero
+            pairs = [(g, v) for g, v in zip(grads, vectors) if g.requires_grad]
+            if not pairs:
+                continue
+            products = torch.autograd.grad([g for g, _ in pairs], self.leaves, grad_outputs=[v for _, v in pairs],
+                                           retain_graph=keep, allow_unused=True)
             for acc, hv in zip(total, products):
                 if hv is not None:
-                    acc += hv.detach()
+                    acc += hv
         return total
 
     # -- flat helpers -----------------------------------------------------------------------------
@@ -69,28 +84,19 @@ class Curvature:
     def join(parts: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([p.reshape(-1) for p in parts])
 
-    def eigenpairs(self, k: int, tol: float = 1e-6, seed: int = 0, max_iter: int | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` eigenpairs of the Hessian largest in ``|λ|`` (implicitly restarted Lanczos,
-        ``scipy.sparse.linalg.eigsh``, relative tolerance ``tol``): ``(eigenvalues [k] sorted by
+    def eigenpairs(self, k: int, tol: float = 1e-6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` eigenpairs of the Hessian largest in ``|λ|``, each with a residual
+        ``||H v - λ v|| <= tol |λ|`` (:func:`lanczos_eigenpairs`): ``(eigenvalues [k] sorted by
         decreasing |λ|, eigenvectors [n, k] of unit norm)``."""
-        from scipy.sparse.linalg import LinearOperator, eigsh
-
         n = self.size
-        k = min(k, n - 1) if n > 1 else 1
+        k = min(k, n)
 
         def matvec(v: np.ndarray) -> np.ndarray:
             parts = self.split(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).float())
             return self.join(self.hvp(parts)).double().numpy()
 
-        if n == 1:  # eigsh needs k < n
-            value = matvec(np.ones(1))
-            return value.copy(), np.ones((1, 1))
         start = np.random.default_rng(seed).standard_normal(n)
-        values, vectors = eigsh(LinearOperator((n, n), matvec=matvec, dtype=np.float64), k=k, which="LM",
-                                tol=tol, v0=start, maxiter=max_iter)
-        order = np.argsort(-np.abs(values), kind="stable")
-        return values[order], vectors[:, order]
+        return lanczos_eigenpairs(matvec, n, k, tol, start)
 
     def hutchinson(self, samples: int, seed: int = 0) -> list[float]:
         """Hutchinson estimates of the Hessian trace of each view's block: the mean of ``zᵀHz``
@@ -102,3 +108,55 @@ class Curvature:
             for i, (zi, hz) in enumerate(zip(z, self.hvp(z))):
                 sums[i] += float((zi * hz).sum())
         return [s / max(samples, 1) for s in sums]
+
+
+def lanczos_eigenpairs(matvec: Callable[[np.ndarray], np.ndarray], n: int, k: int, tol: float, start: np.ndarray,
+                       basis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` eigenpairs largest in ``|λ|`` of the symmetric ``n x n`` operator ``matvec``.
+
+    Lanczos with full reorthogonalisation from ``start``, one product per step, stopped at the
+    first step where every wanted Ritz pair has the residual ``||A v - θ v|| = β |s_last| <= tol
+    |θ|``. The space holds at most ``basis`` vectors of ``n`` floats (default ``max(4 k, 40)``).
+    Where that is not enough, or the space turns invariant before it is all of R^n (a repeated
+    eigenvalue: one Krylov space holds one copy of it), ARPACK's implicitly restarted Lanczos
+    (``scipy.sparse.linalg.eigsh``, the same ``tol``) finishes the job; operators of at most
+    ``k + 1`` dimensions are built densely instead.
+    Returns ``(eigenvalues [k] by decreasing |λ|, unit eigenvectors [n, k])``.
+    """
+    from scipy.linalg import eigh_tridiagonal
+
+    k = min(k, n)
+    limit = min(n, basis if basis is not None else max(4 * k, 40))
+    vectors = np.empty((limit, n))
+    alphas, betas = np.empty(limit), np.empty(limit)
+    q = start / np.linalg.norm(start)
+    warm = start
+    for step in range(limit):
+        vectors[step] = q
+        w = matvec(q)
+        alphas[step] = q @ w
+        known = vectors[:step + 1]
+        for _ in range(2):  # against every earlier vector, twice ("twice is enough")
+            w -= known.T @ (known @ w)
+        beta = float(np.linalg.norm(w))
+        theta, ritz = eigh_tridiagonal(alphas[:step + 1], betas[:step])
+        top = np.argsort(-np.abs(theta), kind="stable")[:k]
+        invariant = beta <= 1e-12 * max(float(np.abs(theta).max()), 1e-300)
+        if invariant and step + 1 < n:
+            break  # ARPACK below, from the original start
+        if step + 1 >= k and (invariant or np.all(beta * np.abs(ritz[-1, top]) <= tol * np.abs(theta[top]))):
+            return theta[top], known.T @ ritz[:, top]
+        betas[step] = beta
+        q = w / beta
+    else:
+        warm = (vectors.T @ ritz[:, top]).sum(axis=1)  # the best Ritz vectors so far start ARPACK
+    if k + 1 >= n:
+        dense = np.stack([matvec(column) for column in np.eye(n)], axis=1)
+        values, found = np.linalg.eigh((dense + dense.T) / 2)
+    else:
+        from scipy.sparse.linalg import LinearOperator, eigsh
+
+        values, found = eigsh(LinearOperator((n, n), matvec=matvec, dtype=np.float64), k=k, which="LM", tol=tol,
+                              v0=warm, ncv=min(n, max(2 * k + 1, 20)))
+    order = np.argsort(-np.abs(values), kind="stable")[:k]
+    return values[order], found[:, order]

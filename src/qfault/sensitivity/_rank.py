@@ -63,6 +63,10 @@ class SensitivityConfig:
         format: the number format of float parameters (quantized layers use their own).
         include_bias: also rank the biases (they need ``format``).
         seed: the eigen-solver's start vector and the Hutchinson vectors.
+        kept_graphs: batches whose gradient graphs are kept between Hessian-vector products
+            (``hessian`` and ``trace_samples``): a product then costs one backward pass through
+            them instead of a forward and two backward passes, for the memory of those graphs;
+            the other batches are recomputed for every product. 0 recomputes all.
     """
 
     method: str = "delta"
@@ -75,6 +79,7 @@ class SensitivityConfig:
     format: Any = None
     include_bias: bool = False
     seed: int = 0
+    kept_graphs: int = 4
 
     type_name = "sensitivity"
 
@@ -87,6 +92,7 @@ class SensitivityConfig:
         check_range("tol", self.tol, 0.0, 1.0)
         check_range("trace_samples", self.trace_samples, 0, 10**6, integer=True)
         check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
+        check_range("kept_graphs", self.kept_graphs, 0, 10**6, integer=True)
         check_bool("include_bias", self.include_bias)
         for key in ("types", "names", "indices"):
             value = getattr(self, key)
@@ -301,7 +307,7 @@ def rank_bits(model: nn.Module, data: "tuple[torch.Tensor, torch.Tensor] | Itera
     try:
         views = weight_views(model, batches[0][0], types=config.types, names=config.names, indices=config.indices,
                              fmt=config.format, include_bias=config.include_bias)
-        curvature = Curvature(LeafForward(model, views), batches)
+        curvature = Curvature(LeafForward(model, views), batches, retain=config.kept_graphs)
         method = METHODS.get(config.method)
         param_scores, bit_scores, extras = method(views, curvature, config)
         traces = curvature.hutchinson(config.trace_samples, config.seed) if config.trace_samples else []
