@@ -545,13 +545,18 @@ class SystolicArray:
             keep, xor = (m.unflatten(-1, (k_tiles, depth)).movedim(-1, 0).reshape(
                 depth, -1, k_tiles, *((1,) * len(batch))) for m in c_masks)
         partial = torch.zeros(steps.shape[1:], dtype=self.mac_dtype if floating else torch.int64, device=steps.device)
+        width = self.widths["c"]
+        # every step updates ``partial`` in place: its bits (IEEE) or its wrapped int64 code
+        bits = partial.view(_BIT_VIEW[width]) if floating else partial
         c_columns = set(plan.c_columns)
         for kk in range(depth):
             partial += steps[kk]
             if not floating:
-                partial = _wrap(partial, self.widths["c"])
+                _wrap_(partial, width)
             if kk in c_columns:
-                partial = _apply_masks(partial, keep[kk], xor[kk], self.widths["c"])
+                bits.bitwise_and_(keep[kk]).bitwise_xor_(xor[kk])
+                if not floating:
+                    _wrap_(partial, width)
         if floating:
             total = torch.zeros((partial.shape[0], *partial.shape[2:]), dtype=self.mac_dtype, device=partial.device)
             for tile in range(k_tiles):
@@ -626,6 +631,13 @@ def _wrap(values: torch.Tensor, width: int) -> torch.Tensor:
         return values
     half = 1 << (width - 1)
     return ((values + half) & ((1 << width) - 1)) - half
+
+
+def _wrap_(values: torch.Tensor, width: int) -> None:
+    """:func:`_wrap` in place."""
+    if width < 64:
+        half = 1 << (width - 1)
+        values.add_(half).bitwise_and_((1 << width) - 1).sub_(half)
 
 
 def _apply_masks(values: torch.Tensor, keep: torch.Tensor, xor: torch.Tensor, width: int) -> torch.Tensor:

@@ -11,6 +11,8 @@ with the gradient passed straight through.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,8 +152,10 @@ def _band_values(array: SystolicArray, rows: torch.Tensor, kernels: torch.Tensor
     Column c of a lowered kernel is zero outside rows c*sw*kh ... c*sw*kh + kh*kw - 1, so the
     products there are +-0, which leave a partial sum unchanged (it is never -0: it starts at +0
     and only a line-c fault could make it -0). Skipping them is exact unless a line-c mask acts
-    (its ops run at every step), a b mask sets a bit of those zeros, or an operand there is not
-    finite (inf * 0 = NaN); then None.
+    (its ops run at every step) or a b mask sets a bit of those zeros other than an IEEE sign
+    (-0 products change no sum that is not -0); then None. An operand there
+    that is not finite makes its product NaN (inf * 0, or the NaN itself), and so the output: NaN
+    (which NaN's bits an add keeps is the kernel's choice, in the full reduction too).
     """
     if plan.k_tiles != 1 or "c" in plan.masks:
         return None
@@ -160,17 +164,20 @@ def _band_values(array: SystolicArray, rows: torch.Tensor, kernels: torch.Tensor
     positions = plan.cols[:, None] * (stride[1] * kh) + torch.arange(band, device=rows.device)   # (Q, band)
     outside = torch.ones(plan.cols.numel(), rows.shape[-1], dtype=torch.bool, device=rows.device)
     outside.scatter_(1, positions, False)
-    if "b" in plan.masks and bool((plan.masks["b"][1][outside] != 0).any()):
-        return None
-    rows = array.mask_operands(rows, plan, "a")
-    if rows.is_floating_point():
-        bad = ~torch.isfinite(rows)
-        if bool(bad.any()) and bool((bad & outside).any()):
+    if "b" in plan.masks:  # a masked zero is its xor pattern: only a sign there keeps it zero (IEEE)
+        significant = -1 if not rows.is_floating_point() else (1 << (array.widths["b"] - 1)) - 1
+        if bool(((plan.masks["b"][1][outside] & significant) != 0).any()):
             return None
+    rows = array.mask_operands(rows, plan, "a")
+    poisoned = None
+    if rows.is_floating_point():  # the skipped products themselves: NaN where an operand is not finite
+        poisoned = (rows * 0).masked_fill_(~outside, 0).sum(-1).isnan().unsqueeze(1)            # (b, 1, Cin, Q)
+        poisoned = poisoned if bool(poisoned.any()) else None
     rows = rows.gather(-1, positions.expand(*rows.shape[:-1], band))                            # (b, Cin, Q, band)
     flat = kernels.transpose(-1, -2).reshape(*kernels.shape[:2], 1, band)                        # column-major
     columns = flat.expand(*kernels.shape[:2], plan.cols.numel(), band)                           # (C, Cin, Q, band)
-    return _recompute_images_last(array, rows, columns, plan.restrict(positions, lines=("b",)))
+    values = _recompute_images_last(array, rows, columns, plan.restrict(positions, lines=("b",)))  # (b, C, Cin, Q)
+    return values if poisoned is None else values.masked_fill(poisoned, math.nan)
 
 
 def _recompute_images_last(array: SystolicArray, rows: torch.Tensor, columns: torch.Tensor, plan: MatmulPlan
