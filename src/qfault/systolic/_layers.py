@@ -12,7 +12,6 @@ with the gradient passed straight through.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,9 +152,9 @@ def _band_values(array: SystolicArray, rows: torch.Tensor, kernels: torch.Tensor
     products there are +-0, which leave a partial sum unchanged (it is never -0: it starts at +0
     and only a line-c fault could make it -0). Skipping them is exact unless a line-c mask acts
     (its ops run at every step) or a b mask sets a bit of those zeros other than an IEEE sign
-    (-0 products change no sum that is not -0); then None. An operand there
-    that is not finite makes its product NaN (inf * 0, or the NaN itself), and so the output: NaN
-    (which NaN's bits an add keeps is the kernel's choice, in the full reduction too).
+    (-0 products change no sum that is not -0); then None. An operand there that is not finite
+    makes its product NaN (inf * 0, or the NaN itself), and so the output: NaN (which NaN's bits
+    an add keeps is the kernel's choice, in the full reduction too).
     """
     if plan.k_tiles != 1 or "c" in plan.masks:
         return None
