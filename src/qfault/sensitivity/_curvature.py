@@ -116,22 +116,24 @@ def lanczos_eigenpairs(matvec: Callable[[np.ndarray], np.ndarray], n: int, k: in
 
     Lanczos with full reorthogonalisation from ``start``, one product per step, stopped at the
     first step where every wanted Ritz pair has the residual ``||A v - θ v|| = β |s_last| <= tol
-    |θ|``. The space holds at most ``basis`` vectors of ``n`` floats (default ``max(4 k, 40)``).
-    Where that is not enough, or the space turns invariant before it is all of R^n (a repeated
-    eigenvalue: one Krylov space holds one copy of it), ARPACK's implicitly restarted Lanczos
-    (``scipy.sparse.linalg.eigsh``, the same ``tol``) finishes the job; operators of at most
-    ``k + 1`` dimensions are built densely instead.
+    |θ|``. The space holds at most ``basis`` vectors of ``n`` floats (default ``max(4 k, 40)``;
+    memory is taken as they are needed). Where that is not enough, or the space turns invariant
+    before it is all of R^n (a repeated eigenvalue: one Krylov space holds one copy of it),
+    ARPACK's implicitly restarted Lanczos (``scipy.sparse.linalg.eigsh``, the same ``tol``)
+    finishes the job; operators of at most ``k + 1`` dimensions are built densely instead.
     Returns ``(eigenvalues [k] by decreasing |λ|, unit eigenvectors [n, k])``.
     """
     from scipy.linalg import eigh_tridiagonal
 
     k = min(k, n)
     limit = min(n, basis if basis is not None else max(4 * k, 40))
-    vectors = np.empty((limit, n))
+    vectors = np.empty((min(limit, 2 * k + 8), n))  # grown by doubling: memory for what is used
     alphas, betas = np.empty(limit), np.empty(limit)
     q = start / np.linalg.norm(start)
     warm = start
     for step in range(limit):
+        if step == len(vectors):
+            vectors = np.concatenate([vectors, np.empty((min(step, limit - step), n))])
         vectors[step] = q
         w = matvec(q)
         alphas[step] = q @ w
@@ -149,7 +151,7 @@ def lanczos_eigenpairs(matvec: Callable[[np.ndarray], np.ndarray], n: int, k: in
         betas[step] = beta
         q = w / beta
     else:
-        warm = (vectors.T @ ritz[:, top]).sum(axis=1)  # the best Ritz vectors so far start ARPACK
+        warm = (vectors[:limit].T @ ritz[:, top]).sum(axis=1)  # the best Ritz vectors so far start ARPACK
     if k + 1 >= n:
         dense = np.stack([matvec(column) for column in np.eye(n)], axis=1)
         values, found = np.linalg.eigh((dense + dense.T) / 2)
