@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
@@ -93,12 +93,15 @@ def _symmetric(seed: int, n: int, spectrum: str) -> np.ndarray:
     return (basis * values) @ basis.T
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 10**6), n=st.integers(1, 60), k=st.integers(1, 8),
        spectrum=st.sampled_from(["spread", "repeated", "low_rank"]), basis=st.sampled_from([None, 6]))
 def test_lanczos_finds_the_largest_eigenpairs_of_a_dense_matrix(seed, n, k, spectrum, basis):
     """Against numpy's eigh: the eigenvalues largest in |λ| and unit eigenvectors with
-    ``||A v - λ v|| <= tol |λ|``; a basis of 6 vectors makes ARPACK finish most cases."""
+    ``||A v - λ v|| <= tol |λ|``, repeated eigenvalues included; a basis of 6 vectors makes
+    ARPACK finish most cases."""
+    # ARPACK (the 6-vector basis hands it most cases) may miss copies of a repeated eigenvalue
+    assume(basis is None or spectrum != "repeated")
     matrix = _symmetric(seed, n, spectrum)
     k = min(k, n)
     calls = []
@@ -116,7 +119,7 @@ def test_lanczos_finds_the_largest_eigenpairs_of_a_dense_matrix(seed, n, k, spec
         assert len(calls) <= n
 
 
-def test_lanczos_stops_at_the_tolerance_and_hands_an_invariant_space_to_arpack():
+def test_lanczos_stops_at_the_tolerance_and_goes_on_past_invariant_spaces():
     rng = np.random.default_rng(0)
     matrix = _symmetric(3, 200, "spread")
     calls = []
@@ -129,6 +132,13 @@ def test_lanczos_stops_at_the_tolerance_and_hands_an_invariant_space_to_arpack()
     diagonal = np.diag([5.0, 4.0, 3.0, 0.1, 0.01])
     values, vectors = lanczos_eigenpairs(lambda v: diagonal @ v, 5, 3, 1e-10, np.array([1.0, 1.0, 0, 0, 0]))
     assert np.allclose(values, [5.0, 4.0, 3.0]) and np.allclose(np.abs(vectors), np.eye(5)[:, :3], atol=1e-8)
+    # eight copies of the largest eigenvalue: every Krylov space holds one of them
+    matrix = _symmetric(1, 30, "repeated")
+    copies = int((np.linalg.eigvalsh(matrix) > 2.9).sum())
+    values, vectors = lanczos_eigenpairs(lambda v: matrix @ v, 30, copies, 1e-10, rng.standard_normal(30))
+    assert copies > 3 and np.allclose(values, 3.0)
+    assert np.allclose(vectors.T @ vectors, np.eye(copies), atol=1e-8)
+    assert np.allclose(matrix @ vectors, 3.0 * vectors, atol=1e-8)
 
 
 def test_kept_gradient_graphs_give_the_recomputed_hessian_vector_products():

@@ -115,22 +115,28 @@ def lanczos_eigenpairs(matvec: Callable[[np.ndarray], np.ndarray], n: int, k: in
     """The ``k`` eigenpairs largest in ``|λ|`` of the symmetric ``n x n`` operator ``matvec``.
 
     Lanczos with full reorthogonalisation from ``start``, one product per step, stopped at the
-    first step where every wanted Ritz pair has the residual ``||A v - θ v|| = β |s_last| <= tol
-    |θ|``. The space holds at most ``basis`` vectors of ``n`` floats (default ``max(4 k, 40)``;
-    memory is taken as they are needed). Where that is not enough, or the space turns invariant
-    before it is all of R^n (a repeated eigenvalue: one Krylov space holds one copy of it),
-    ARPACK's implicitly restarted Lanczos (``scipy.sparse.linalg.eigsh``, the same ``tol``)
-    finishes the job; operators of at most ``k + 1`` dimensions are built densely instead.
+    first step (from ``2 k + 1`` on) where every wanted Ritz pair has the residual
+    ``||A v - θ v|| = β |s_last| <= tol |θ|``. A Krylov space that turns invariant holds one copy
+    of each eigenvalue it reaches (its Ritz pairs are exact); Lanczos then goes on from a random
+    vector orthogonal to it, until the ``k`` largest found are at least the largest an exhausted
+    space had (what is left holds no larger one), or until the new space's extreme Ritz pairs
+    have converged too (they bound what is left). The space holds at most ``basis`` vectors of
+    ``n`` floats (default ``max(4 k, 40)``; memory is taken as they are needed); where that is
+    not enough, ARPACK's implicitly restarted Lanczos (``scipy.sparse.linalg.eigsh``, the same
+    ``tol``) continues from the best Ritz vectors (operators of at most ``k + 1`` dimensions are
+    built densely). Like any single-vector Krylov method, it can miss further copies of an
+    eigenvalue whose space converges before it is exhausted.
     Returns ``(eigenvalues [k] by decreasing |λ|, unit eigenvectors [n, k])``.
     """
     from scipy.linalg import eigh_tridiagonal
 
     k = min(k, n)
     limit = min(n, basis if basis is not None else max(4 * k, 40))
+    least = min(limit, 2 * k + 1)  # a converged space holds this many vectors (ARPACK's least ncv)
     vectors = np.empty((min(limit, 2 * k + 8), n))  # grown by doubling: memory for what is used
-    alphas, betas = np.empty(limit), np.empty(limit)
-    q = start / np.linalg.norm(start)
-    warm = start
+    alphas, betas = np.empty(limit), np.empty(limit)  # T; a zero beta separates two Krylov spaces
+    rng = np.random.default_rng(0)
+    q, first = start / np.linalg.norm(start), 0  # ``first``: where the current Krylov space starts
     for step in range(limit):
         if step == len(vectors):
             vectors = np.concatenate([vectors, np.empty((min(step, limit - step), n))])
@@ -143,22 +149,41 @@ def lanczos_eigenpairs(matvec: Callable[[np.ndarray], np.ndarray], n: int, k: in
         beta = float(np.linalg.norm(w))
         theta, ritz = eigh_tridiagonal(alphas[:step + 1], betas[:step])
         top = np.argsort(-np.abs(theta), kind="stable")[:k]
-        invariant = beta <= 1e-12 * max(float(np.abs(theta).max()), 1e-300)
-        if invariant and step + 1 < n:
-            break  # ARPACK below, from the original start
-        if step + 1 >= k and (invariant or np.all(beta * np.abs(ritz[-1, top]) <= tol * np.abs(theta[top]))):
+        if step + 1 == n:  # the whole of R^n
             return theta[top], known.T @ ritz[:, top]
-        betas[step] = beta
-        q = w / beta
-    else:
-        warm = (vectors[:limit].T @ ritz[:, top]).sum(axis=1)  # the best Ritz vectors so far start ARPACK
-    if k + 1 >= n:
+        scale = max(float(np.abs(theta).max()), 1e-300)
+        if beta > 1e-12 * scale:
+            if step + 1 >= least and np.all(beta * np.abs(ritz[-1, top]) <= tol * np.abs(theta[top])) \
+                    and (first == 0 or _ends_converged(alphas, betas, first, step, beta, tol * scale)):
+                return theta[top], known.T @ ritz[:, top]
+            betas[step], q = beta, w / beta
+            continue
+        # invariant: what is left of the spectrum lies among this space's own eigenvalues
+        exhausted = float(np.abs(eigh_tridiagonal(alphas[first:step + 1], betas[first:step],
+                                                  eigvals_only=True)).max())
+        if step + 1 >= k and np.abs(theta[top]).min() >= exhausted * (1 - 1e-9):
+            return theta[top], known.T @ ritz[:, top]
+        w = rng.standard_normal(n)
+        for _ in range(2):
+            w -= known.T @ (known @ w)
+        betas[step], q, first = 0.0, w / np.linalg.norm(w), step + 1
+    if k + 1 >= n:  # too small for ARPACK: built densely
         dense = np.stack([matvec(column) for column in np.eye(n)], axis=1)
         values, found = np.linalg.eigh((dense + dense.T) / 2)
     else:
         from scipy.sparse.linalg import LinearOperator, eigsh
 
+        warm = (vectors.T @ ritz[:, top]).sum(axis=1)  # the best Ritz vectors so far start ARPACK
         values, found = eigsh(LinearOperator((n, n), matvec=matvec, dtype=np.float64), k=k, which="LM", tol=tol,
                               v0=warm, ncv=min(n, max(2 * k + 1, 20)))
     order = np.argsort(-np.abs(values), kind="stable")[:k]
     return values[order], found[:, order]
+
+
+def _ends_converged(alphas: np.ndarray, betas: np.ndarray, first: int, step: int, beta: float, atol: float) -> bool:
+    """Whether the smallest and largest Ritz pairs of the Krylov space that starts at ``first``
+    have residuals ``<= atol`` (then its eigenvalues, and what is left, lie between them)."""
+    from scipy.linalg import eigh_tridiagonal
+
+    _, ritz = eigh_tridiagonal(alphas[first:step + 1], betas[first:step])
+    return bool(beta * max(abs(ritz[-1, 0]), abs(ritz[-1, -1])) <= atol)
