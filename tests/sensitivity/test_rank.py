@@ -145,7 +145,7 @@ def test_kept_gradient_graphs_give_the_recomputed_hessian_vector_products():
     model, (x, y) = _Net().eval(), _data(24)
     views = weight_views(model, x, fmt=IntFormat(6))
     batches = [(x[:8], y[:8]), (x[8:16], y[8:16]), (x[16:], y[16:])]
-    curvatures = [Curvature(LeafForward(model, views), batches, retain=r) for r in (0, 2, 3)]
+    curvatures = [Curvature(LeafForward(model, views), batches, kept_graphs=r) for r in (0, 2, 3)]
     gen = torch.Generator().manual_seed(0)
     for _ in range(3):  # the kept graphs serve every later product
         vectors = [torch.randn(leaf.shape, generator=gen) for leaf in curvatures[0].leaves]

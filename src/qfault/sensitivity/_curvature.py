@@ -3,7 +3,7 @@ top eigenpairs of the Hessian (Lanczos, converged to a tolerance) and Hutchinson
 
 The loss is the mean cross-entropy over every image of the given batches; each batch is
 differentiated on its own and the results are summed with weights ``len(batch) / total``. The
-gradient graphs of the first ``retain`` batches are kept between Hessian-vector products, so a
+gradient graphs of the first ``kept_graphs`` batches are kept between Hessian-vector products, so a
 product costs one backward pass through them instead of a forward and two backward passes; the
 other batches are recomputed for every product (the memory of one batch). The model is evaluated
 in eval mode (BatchNorm uses its running statistics): the Hessian is that of the deployed network.
@@ -25,13 +25,13 @@ class Curvature:
     """Derivatives of the loss of ``forward`` over ``batches`` at the views' quantized values."""
 
     def __init__(self, forward: LeafForward, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                 retain: int = 0):
+                 kept_graphs: int = 0):
         self.forward = forward
         self.batches = list(batches)
         self.total = sum(len(y) for _, y in self.batches)
         self.leaves = forward.leaves()
         self.hvp_calls = 0
-        self.retain = retain
+        self.kept_graphs = kept_graphs
         self._graphs: list[tuple[torch.Tensor, ...]] = []  # gradients with their graphs, per kept batch
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor, affine_norms: bool = False) -> torch.Tensor:
@@ -52,7 +52,7 @@ class Curvature:
         self.hvp_calls += 1
         total = [torch.zeros_like(leaf) for leaf in self.leaves]
         for i, (x, y) in enumerate(self.batches):
-            keep = i < self.retain
+            keep = i < self.kept_graphs
             if keep and i < len(self._graphs):
                 grads = self._graphs[i]
             else:

@@ -307,7 +307,7 @@ def rank_bits(model: nn.Module, data: "tuple[torch.Tensor, torch.Tensor] | Itera
     try:
         views = weight_views(model, batches[0][0], types=config.types, names=config.names, indices=config.indices,
                              fmt=config.format, include_bias=config.include_bias)
-        curvature = Curvature(LeafForward(model, views), batches, retain=config.kept_graphs)
+        curvature = Curvature(LeafForward(model, views), batches, kept_graphs=config.kept_graphs)
         method = METHODS.get(config.method)
         param_scores, bit_scores, extras = method(views, curvature, config)
         traces = curvature.hutchinson(config.trace_samples, config.seed) if config.trace_samples else []

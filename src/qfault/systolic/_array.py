@@ -629,8 +629,9 @@ def _wrap(values: torch.Tensor, width: int) -> torch.Tensor:
     """int64 values reduced to ``width``-bit two's complement (sign-extended back to int64)."""
     if width >= 64:
         return values
-    half = 1 << (width - 1)
-    return ((values + half) & ((1 << width) - 1)) - half
+    out = values.clone()
+    _wrap_(out, width)
+    return out
 
 
 def _wrap_(values: torch.Tensor, width: int) -> None:
