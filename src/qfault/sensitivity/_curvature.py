@@ -20,6 +20,12 @@ from torch.nn import functional as F
 
 from ._views import LeafForward
 
+# The eigen-solver's default residual tolerance: the square root of float32's epsilon (the
+# Hessian-vector products are float32). A Ritz value's error is at most ||r||^2 / gap, so at
+# ||r|| = tol |λ| the eigenvalues are as exact as float32 holds them; the vectors' error is
+# about tol |λ| / gap.
+EIGEN_TOL = float(np.finfo(np.float32).eps) ** 0.5
+
 
 class Curvature:
     """Derivatives of the loss of ``forward`` over ``batches`` at the views' quantized values."""
@@ -87,7 +93,7 @@ class Curvature:
     def join(parts: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([p.reshape(-1) for p in parts])
 
-    def eigenpairs(self, k: int, tol: float = 1e-6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def eigenpairs(self, k: int, tol: float = EIGEN_TOL, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` eigenpairs of the Hessian largest in ``|λ|``, each with a residual
         ``||H v - λ v|| <= tol |λ|`` (:func:`lanczos_eigenpairs`): ``(eigenvalues [k] sorted by
         decreasing |λ|, eigenvectors [n, k] of unit norm)``."""

@@ -31,7 +31,7 @@ from .._config import to_dict
 from .._errors import QFaultConfigError, check_bool, check_range
 from .._registry import Registry
 from ..formats import NumberFormat, get_format
-from ._curvature import Curvature
+from ._curvature import EIGEN_TOL, Curvature
 from ._views import LeafForward, weight_views
 
 #: name -> ``fn(views, curvature, config) -> (param scores per view | None, bit scores per view | None, extras)``
@@ -57,7 +57,8 @@ class SensitivityConfig:
     Args:
         method: ``"delta"``, ``"hessian"``, ``"gradient"`` or ``"taylor"`` (:data:`METHODS`).
         eigenpairs: Hessian eigenpairs of the ``hessian`` score (largest ``|λ|``).
-        tol: relative tolerance of the eigen-solver.
+        tol: relative residual tolerance of the eigen-solver (``||Hv - λv|| <= tol |λ|``;
+            default sqrt of float32's epsilon, 3.45e-4: eigenvalues to float32 precision).
         trace_samples: Hutchinson samples of each tensor's Hessian trace (0: none).
         types, names, indices: the layers, as an ``InjectSpec`` with ``site="weight"`` selects them.
         format: the number format of float parameters (quantized layers use their own).
@@ -71,7 +72,7 @@ class SensitivityConfig:
 
     method: str = "delta"
     eigenpairs: int = 5
-    tol: float = 1e-6
+    tol: float = EIGEN_TOL
     trace_samples: int = 0
     types: tuple | None = None
     names: tuple | None = None
