@@ -19,6 +19,7 @@ from qfault.systolic import (
     dataflow_matrix,
     list_dataflows,
 )
+from qfault.systolic import _array as array_module
 
 from ._reference import RefFault, pe_set, reference_matmul, reference_reach, reference_tiled_matmul
 
@@ -128,6 +129,23 @@ def test_several_faults_with_their_own_polarities(dataflow):
                 array.add_fault(f)
             _check_against_reference(array, a, b, faults, exact_everywhere=True)
 
+
+
+@pytest.mark.parametrize("chunk", [1, 30])
+def test_the_k_ordered_loop_in_chunks_of_steps_equals_the_reference(monkeypatch, chunk):
+    """The k-ordered loop makes its products a chunk of steps at a time: chunks of one step,
+    and chunks that do not divide the depth, give the register machine's outputs (all lines)."""
+    monkeypatch.setattr(array_module, "_PRODUCT_CHUNK", chunk)
+    rng = np.random.default_rng(11 + chunk)
+    for in_dtype in (np.int8, np.float32):
+        array = SystolicArray(ArrayConfig(4, 5, 7, "output_stationary", np.dtype(in_dtype).name))
+        for case in range(6):
+            a, b = _random_operands(rng, (4, 7), (7, 5), in_dtype, integer_valued=case % 2 == 0)
+            array.clear_faults()
+            faults = [_random_fault(rng, array, line="abc"[(case + i) % 3]) for i in range(2)]
+            for f in faults:
+                array.add_fault(f)
+            _check_against_reference(array, a, b, faults, exact_everywhere=in_dtype == np.int8 or case % 2 == 0)
 
 def test_wide_accumulators_and_overflow_wrap():
     rng = np.random.default_rng(3)

@@ -27,6 +27,8 @@ _FLOAT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32"
 IN_DTYPES = {"int8": "int32", "int16": "int64", "int32": "int64", "float16": "float16",
              "bfloat16": "bfloat16", "float32": "float32", "float64": "float64"}
 _BIT_VIEW = {16: torch.int16, 32: torch.int32, 64: torch.int64}
+# products per chunk of the k-ordered loop (a buffer of ~4 MB of float32: it stays in cache)
+_PRODUCT_CHUNK = 1 << 20
 #: polarity names accepted besides the reference tool's 0, 1, 2
 POLARITIES = {"stuck_at_0": 0, "stuck_at_1": 1, "bit_flip": 2}
 
@@ -214,7 +216,9 @@ class MatmulPlan:
     depth: int                  # tile depth along k (the array's n3, or K when it fits)
     k_tiles: int
     masks: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    c_columns: tuple[int, ...] = ()   # tile-local k where some line-c mask is not the identity
+    # tile-local k where some line-c mask is not the identity -> the ops it takes on the code:
+    # "and" (keep only), "xor" (xor only), "or" (x & ~m ^ m = x | m: stuck-at-1) or "and_xor"
+    c_steps: dict[int, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -228,13 +232,13 @@ class MatmulPlan:
             raise ValueError("only single-tile plans without line-c masks can be restricted")
         masks = {line: (keep.gather(1, positions), xor.gather(1, positions))
                  for line, (keep, xor) in self.masks.items() if line in lines}
-        return MatmulPlan(self.rows, self.cols, positions.shape[1], 1, masks, ())
+        return MatmulPlan(self.rows, self.cols, positions.shape[1], 1, masks)
 
     def to(self, device: torch.device) -> "MatmulPlan":
         if self.rows.device == device:
             return self
         masks = {line: (keep.to(device), xor.to(device)) for line, (keep, xor) in self.masks.items()}
-        return MatmulPlan(self.rows.to(device), self.cols.to(device), self.depth, self.k_tiles, masks, self.c_columns)
+        return MatmulPlan(self.rows.to(device), self.cols.to(device), self.depth, self.k_tiles, masks, self.c_steps)
 
 
 class SystolicArray:
@@ -419,7 +423,7 @@ class SystolicArray:
         rows, cols, r = rows[valid], cols[valid], r.ravel()[valid]
         past_end = (np.arange(k_tiles)[:, None] * depth + np.arange(depth)[None, :]) >= k  # (k_tiles, depth)
         masks = {}
-        c_columns: tuple[int, ...] = ()
+        c_steps: dict[int, str] = {}
         for line, (keep, xor) in masks_local.items():
             keep_q = np.repeat(keep[r][:, None, :], k_tiles, axis=1)
             xor_q = np.repeat(xor[r][:, None, :], k_tiles, axis=1)
@@ -428,9 +432,9 @@ class SystolicArray:
             dtype = self.mac_dtype if line == "c" else self.in_dtype
             masks[line] = (_as_code_tensor(keep_q, dtype), _as_code_tensor(xor_q, dtype))
             if line == "c":
-                c_columns = tuple(int(c) for c in np.flatnonzero(((keep != -1) | (xor != 0)).any(axis=0)))
+                c_steps = _step_ops(keep, xor)
         return MatmulPlan(torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(cols.astype(np.int64)),
-                          depth, k_tiles, masks, c_columns)
+                          depth, k_tiles, masks, c_steps)
 
     # ---------------------------------------------------------------------------- matmul
     def cast(self, value: Any, field_name: str = "A") -> torch.Tensor:
@@ -489,11 +493,13 @@ class SystolicArray:
         values = self.recompute(rows, cols, plan)
         return replace_outputs(clean, (Ellipsis, plan.rows, plan.cols), values)
 
-    def mask_operands(self, values: torch.Tensor, plan: MatmulPlan, line: str) -> torch.Tensor:
-        """``values`` (..., Q, K) of line ``a`` or ``b`` with the plan's masks of that line applied."""
+    def mask_operands(self, steps: torch.Tensor, plan: MatmulPlan, line: str) -> torch.Tensor:
+        """Step-major operands ``steps`` (K', Q, ...) of line ``a`` or ``b`` (see
+        :meth:`recompute_steps`) with the plan's masks of that line applied."""
         if line not in plan.masks:
-            return values
-        return _apply_masks(values, *plan.masks[line], self.widths[line])
+            return steps
+        keep, xor = (m.t().reshape(*m.shape[::-1], *((1,) * (steps.dim() - 2))) for m in plan.masks[line])
+        return _apply_masks(steps, keep, xor, self.widths[line])
 
     def clean_matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """A @ B in the array's arithmetic with no faults (integers wrap in the mac width)."""
@@ -502,7 +508,8 @@ class SystolicArray:
         return _int_matmul(a, b, self.widths["c"]).to(self.mac_dtype)
 
     def recompute(self, a_rows: torch.Tensor, b_cols: torch.Tensor, plan: MatmulPlan) -> torch.Tensor:
-        """The faulty value of each planned output from its operands.
+        """The faulty value of each planned output from its operands (no gradient: the layers
+        and :meth:`matmul` pass it straight through to the clean product).
 
         Args:
             a_rows: (..., Q, k) the A row of each output, in the input dtype.
@@ -512,58 +519,92 @@ class SystolicArray:
         Returns:
             (..., Q) in the mac dtype.
         """
+        dims = max(a_rows.dim(), b_cols.dim())
+
+        def step_major(x: torch.Tensor) -> torch.Tensor:  # (..., Q, k) -> (k, Q, ...)
+            x = x.reshape(*((1,) * (dims - x.dim())), *x.shape)
+            return x.permute(dims - 1, dims - 2, *range(dims - 2))
+
+        return self.recompute_steps(step_major(a_rows), step_major(b_cols), plan).movedim(0, -1)
+
+    @torch.no_grad()
+    def recompute_steps(self, a_steps: torch.Tensor, b_steps: torch.Tensor, plan: MatmulPlan) -> torch.Tensor:
+        """:meth:`recompute` of step-major operands (no copy of them when they come so).
+
+        Args:
+            a_steps: (k, Q, ...) the A operand of reduction step k of each output (``k`` at most
+                ``plan.k_tiles * plan.depth``: tile t's step s is ``t * depth + s``).
+            b_steps: (k, Q, ...) the B operands (the trailing batch dims broadcast with a_steps').
+            plan: from :meth:`plan` for this product, on the operands' device.
+
+        Returns:
+            (Q, ...) in the mac dtype.
+        """
         depth, k_tiles = plan.depth, plan.k_tiles
         padded = depth * k_tiles
-        k = a_rows.shape[-1]
-        if padded != k:
-            a_rows = torch.nn.functional.pad(a_rows, (0, padded - k))
-            b_cols = torch.nn.functional.pad(b_cols, (0, padded - k))
-        if "a" in plan.masks:
-            a_rows = _apply_masks(a_rows, *plan.masks["a"], self.widths["a"])
-        if "b" in plan.masks:
-            b_cols = _apply_masks(b_cols, *plan.masks["b"], self.widths["b"])
+        dims = max(a_steps.dim(), b_steps.dim())
+
+        def padded_steps(x: torch.Tensor) -> torch.Tensor:  # the same number of dims, zero steps past k
+            x = x.reshape(*x.shape[:2], *((1,) * (dims - x.dim())), *x.shape[2:])
+            if x.shape[0] != padded:
+                x = torch.cat([x, x.new_zeros(padded - x.shape[0], *x.shape[1:])])
+            return x
+
+        a_steps = self.mask_operands(padded_steps(a_steps), plan, "a")
+        b_steps = self.mask_operands(padded_steps(b_steps), plan, "b")
         floating = self.in_dtype.is_floating_point
         c_masks = plan.masks.get("c")
+        width = self.widths["c"]
         if not floating and c_masks is None:  # integers wrap: any summation order is exact
-            products = _wrap(a_rows.to(torch.int64) * b_cols.to(torch.int64), self.widths["c"])
-            return _wrap(products.sum(-1), self.widths["c"]).to(self.mac_dtype)
-        # the k-ordered loop: operands k-major with the batch dimensions innermost, so every
-        # step adds one contiguous (Q, tiles, ...) slab of products (vectorized over the batch)
-        batch = torch.broadcast_shapes(a_rows.shape[:-2], b_cols.shape[:-2])
-        order = (len(batch) + 2, len(batch), len(batch) + 1, *range(len(batch)))
+            products = _wrap(a_steps.to(torch.int64) * b_steps.to(torch.int64), width)
+            return _wrap(products.sum(0), width).to(self.mac_dtype)
+        # the k-ordered loop over (depth, Q, tiles, ...) operands: every step adds one contiguous
+        # (Q, tiles, ...) slab of products, vectorized over the outputs, tiles and batch
 
-        def k_major(x: torch.Tensor) -> torch.Tensor:
-            x = x.reshape(*((1,) * (len(batch) + 2 - x.dim())), *x.shape)   # same number of dims
-            return x.unflatten(-1, (k_tiles, depth)).permute(order).contiguous()  # (depth, Q, tiles, ...)
+        def tile_steps(x: torch.Tensor) -> torch.Tensor:
+            x = x.unflatten(0, (k_tiles, depth)).movedim(0, 2) if k_tiles > 1 else x.unsqueeze(2)
+            return x.contiguous() if floating else x.to(torch.int64, memory_format=torch.contiguous_format)
 
-        a_rows, b_cols = k_major(a_rows), k_major(b_cols)
-        if floating:
-            steps = a_rows * b_cols
-        else:
-            steps = _wrap(a_rows.to(torch.int64) * b_cols.to(torch.int64), self.widths["c"])
+        a_steps, b_steps = tile_steps(a_steps), tile_steps(b_steps)
         if c_masks is not None:  # (Q, tiles*depth) -> (depth, Q, tiles, 1, ...)
             keep, xor = (m.unflatten(-1, (k_tiles, depth)).movedim(-1, 0).reshape(
-                depth, -1, k_tiles, *((1,) * len(batch))) for m in c_masks)
-        partial = torch.zeros(steps.shape[1:], dtype=self.mac_dtype if floating else torch.int64, device=steps.device)
-        width = self.widths["c"]
+                depth, -1, k_tiles, *((1,) * (dims - 2))) for m in c_masks)
+        slab = torch.broadcast_shapes(a_steps.shape[1:], b_steps.shape[1:])
+        partial = torch.zeros(slab, dtype=self.mac_dtype if floating else torch.int64, device=a_steps.device)
         # every step updates ``partial`` in place: its bits (IEEE) or its wrapped int64 code
         bits = partial.view(_BIT_VIEW[width]) if floating else partial
-        c_columns = set(plan.c_columns)
-        for kk in range(depth):
-            partial += steps[kk]
+        c_steps = plan.c_steps
+        # the products of a chunk of steps at a time, into one buffer that stays in cache
+        chunk = max(1, min(depth, _PRODUCT_CHUNK // max(1, partial.numel())))
+        products = torch.empty((chunk, *slab), dtype=partial.dtype, device=partial.device)
+        for start in range(0, depth, chunk):
+            stop = min(depth, start + chunk)
+            steps = products[:stop - start]
+            torch.mul(a_steps[start:stop], b_steps[start:stop], out=steps)
             if not floating:
-                _wrap_(partial, width)
-            if kk in c_columns:
-                bits.bitwise_and_(keep[kk]).bitwise_xor_(xor[kk])
+                _wrap_(steps, width)
+            for kk in range(start, stop):
+                partial += steps[kk - start]
                 if not floating:
                     _wrap_(partial, width)
+                op = c_steps.get(kk)
+                if op is not None:
+                    if op == "and":
+                        bits.bitwise_and_(keep[kk])
+                    elif op == "or":
+                        bits.bitwise_or_(xor[kk])
+                    elif op == "xor":
+                        bits.bitwise_xor_(xor[kk])
+                    else:
+                        bits.bitwise_and_(keep[kk]).bitwise_xor_(xor[kk])
+                    if not floating:
+                        _wrap_(partial, width)
         if floating:
             total = torch.zeros((partial.shape[0], *partial.shape[2:]), dtype=self.mac_dtype, device=partial.device)
             for tile in range(k_tiles):
                 total += partial[:, tile]
-        else:
-            total = _wrap(partial.sum(1), self.widths["c"]).to(self.mac_dtype)
-        return total.movedim(0, -1)                                          # (..., Q)
+            return total
+        return _wrap(partial.sum(1), width).to(self.mac_dtype)
 
     def __eq__(self, other: object) -> bool:
         """Arrays are equal when they have the same configuration and the same faults, in order."""
@@ -608,6 +649,17 @@ def _compose(entries: list, keys: np.ndarray, span: int, depth: int, width: int)
         xor_out[rr, kk] = (xor_out[rr, kk] & keeps[sel]) ^ xors[sel]
         keep_out[rr, kk] &= keeps[sel]
     return keep_out, xor_out
+
+
+def _step_ops(keep: np.ndarray, xor: np.ndarray) -> dict[int, str]:
+    """Per reduction step (column of the (R, depth) line-c masks) that is not the identity
+    everywhere, the fewest in-place ops that apply ``(code & keep) ^ xor`` (see
+    :attr:`MatmulPlan.c_steps`)."""
+    steps = np.flatnonzero(((keep != -1) | (xor != 0)).any(axis=0))
+    k, x = keep[:, steps], xor[:, steps]
+    kinds = np.where((k == -1).all(axis=0), "xor", np.where((x == 0).all(axis=0), "and", np.where(
+        (x == ~k).all(axis=0), "or", "and_xor")))
+    return dict(zip(steps.tolist(), kinds.tolist()))
 
 
 def _signed(value: int, width: int) -> int:

@@ -23,7 +23,7 @@ from .._errors import QFaultConfigError
 from ..layers import register_layer_swap
 from ._array import ArrayConfig, MatmulPlan, SystolicArray, replace_outputs
 from ._brevitas import BrevitasSystolic, brevitas_kind, conv_padding, systolic_brevitas
-from ._lowering import kernel_columns, lower_activation
+from ._lowering import kernel_columns, output_size
 
 
 class _SystolicLayer(nn.Module):
@@ -114,22 +114,27 @@ def conv_on_array(array: SystolicArray, tiling: bool | None, xa: torch.Tensor, w
     kh, kw = kernel_size
     sh, sw = stride
     height, width = xa.shape[-2:]
-    oh, ow = (height - kh) // sh + 1, (width - kw) // sw + 1
+    oh, ow = output_size((height, width), kernel_size, stride)
     parts, per_block = _parts(array, tiling, (oh, kh * width, ow), xa.shape[0], wa.shape[0])
     if not parts:
         return clean
     device = xa.device
-    lowered = lower_activation(xa, kernel_size, stride)                       # (B, Cin, oh, kh*W)
+    # the input step-major: row r of a lowered activation is column-major X[r*sh : r*sh + kh, :],
+    # so its step col * kh + u is X[r*sh + u, col]; (W, H, Cin, B) makes every step's values of
+    # all outputs, channels and images one gather
+    columns_first = xa.permute(3, 2, 1, 0).contiguous()                     # (W, H, Cin, B)
     for plan, chans, block in parts:
         plan = plan.to(device)
         chans = torch.arange(wa.shape[0], device=device) if chans is None else chans.to(device)
         images = slice(block * per_block, (block + 1) * per_block)
-        rows = lowered[images].index_select(2, plan.rows)                     # (b, Cin, Q, kh*W), once
+        heights = (plan.rows[None, :] * sh + torch.arange(kh, device=device)[:, None]).flatten()  # (kh*Q,)
+        rows = columns_first[..., images].index_select(1, heights)             # (W, kh*Q, Cin, b)
+        rows = rows.view(width * kh, plan.rows.numel(), *rows.shape[2:])      # (kh*W, Q, Cin, b)
         kernels = wa.index_select(0, chans)
         values = _band_values(array, rows, kernels, plan, stride)
         if values is None:
             columns = kernel_columns(kernels, plan.cols, width, stride)       # (C, Cin, Q, kh*W)
-            values = _recompute_images_last(array, rows, columns, plan)
+            values = _recompute_conv(array, rows, columns.permute(3, 2, 0, 1), plan)
         values = values.to(clean.dtype)                                       # (b, C, Cin, Q)
         if scale is not None:
             values = values * scale.index_select(0, chans).view(1, -1, 1, 1)
@@ -145,8 +150,8 @@ def conv_on_array(array: SystolicArray, tiling: bool | None, xa: torch.Tensor, w
 
 def _band_values(array: SystolicArray, rows: torch.Tensor, kernels: torch.Tensor, plan: MatmulPlan,
                  stride: tuple[int, int]) -> torch.Tensor | None:
-    """The planned outputs from the kernel's band of each lowered column only, or None when
-    that would not be exact.
+    """The planned outputs (b, C, Cin, Q) from the kernel's band of each lowered column only, or
+    None when that would not be exact; ``rows`` (kh*W, Q, Cin, b) step-major.
 
     Column c of a lowered kernel is zero outside rows c*sw*kh ... c*sw*kh + kh*kw - 1, so the
     products there are +-0, which leave a partial sum unchanged (it is never -0: it starts at +0
@@ -160,8 +165,9 @@ def _band_values(array: SystolicArray, rows: torch.Tensor, kernels: torch.Tensor
         return None
     kh, kw = kernels.shape[-2:]
     band = kh * kw
+    queries = plan.cols.numel()
     positions = plan.cols[:, None] * (stride[1] * kh) + torch.arange(band, device=rows.device)   # (Q, band)
-    outside = torch.ones(plan.cols.numel(), rows.shape[-1], dtype=torch.bool, device=rows.device)
+    outside = torch.ones(queries, rows.shape[0], dtype=torch.bool, device=rows.device)
     outside.scatter_(1, positions, False)
     if "b" in plan.masks:  # a masked zero is its xor pattern: only a sign there keeps it zero (IEEE)
         significant = -1 if not rows.is_floating_point() else (1 << (array.widths["b"] - 1)) - 1
@@ -170,22 +176,22 @@ def _band_values(array: SystolicArray, rows: torch.Tensor, kernels: torch.Tensor
     rows = array.mask_operands(rows, plan, "a")
     poisoned = None
     if rows.is_floating_point():  # the skipped products themselves: NaN where an operand is not finite
-        poisoned = (rows * 0).masked_fill_(~outside, 0).sum(-1).isnan().unsqueeze(1)            # (b, 1, Cin, Q)
-        poisoned = poisoned if bool(poisoned.any()) else None
-    rows = rows.gather(-1, positions.expand(*rows.shape[:-1], band))                            # (b, Cin, Q, band)
-    flat = kernels.transpose(-1, -2).reshape(*kernels.shape[:2], 1, band)                        # column-major
-    columns = flat.expand(*kernels.shape[:2], plan.cols.numel(), band)                           # (C, Cin, Q, band)
-    values = _recompute_images_last(array, rows, columns, plan.restrict(positions, lines=("b",)))  # (b, C, Cin, Q)
+        outside_steps = outside.t().reshape(*outside.shape[::-1], 1, 1)
+        poisoned = (rows * 0).masked_fill_(~outside_steps, 0).sum(0).isnan()                    # (Q, Cin, b)
+        poisoned = poisoned.permute(2, 1, 0).unsqueeze(1) if bool(poisoned.any()) else None     # (b, 1, Cin, Q)
+    rows = rows[positions.t(), torch.arange(queries, device=rows.device)]                       # (band, Q, Cin, b)
+    flat = kernels.transpose(-1, -2).reshape(*kernels.shape[:2], band)                           # column-major
+    columns = flat.permute(2, 0, 1).unsqueeze(1)                                                 # (band, 1, C, Cin)
+    values = _recompute_conv(array, rows, columns, plan.restrict(positions, lines=("b",)))
     return values if poisoned is None else values.masked_fill(poisoned, math.nan)
 
 
-def _recompute_images_last(array: SystolicArray, rows: torch.Tensor, columns: torch.Tensor, plan: MatmulPlan
-                           ) -> torch.Tensor:
-    """``recompute`` of rows (b, Cin, Q, K) against columns (C, Cin, Q, K) with the images as
-    the innermost batch dimension (the k-ordered loop then runs over contiguous images);
-    returns (b, C, Cin, Q)."""
-    values = array.recompute(rows.transpose(0, 1).unsqueeze(0), columns.unsqueeze(2), plan)     # (C, Cin, b, Q)
-    return values.permute(2, 0, 1, 3)
+def _recompute_conv(array: SystolicArray, rows: torch.Tensor, columns: torch.Tensor, plan: MatmulPlan
+                    ) -> torch.Tensor:
+    """``recompute_steps`` of step-major rows (k, Q, Cin, b) against columns (k, Q or 1, C, Cin),
+    the images innermost (every step's slab is contiguous over them); returns (b, C, Cin, Q)."""
+    values = array.recompute_steps(rows.unsqueeze(2), columns.unsqueeze(-1), plan)             # (Q, C, Cin, b)
+    return values.permute(3, 1, 2, 0)
 
 
 class SystolicLinear(_SystolicLayer):
