@@ -8,7 +8,8 @@ register, applied to every output channel (channel=-1). Sections (never asserts 
   1 conv      the conv half of LeNet (both convs on the array) with one fault / the same layers
               in plain PyTorch, for lines a, b, c x PEs (1,1), (15,15), (29,29) x bits 0, 1, 9, 31
               x stuck-at 0/1; clean and faulty timed in alternation, the median of per-round
-              ratios ("paired") per fault; worst and median per line (goal <= 3x)
+              ratios ("paired") per fault; median per line, and the worst: each line's 3 highest
+              ratios timed again with 4x the rounds (goal <= 3x)
   2 naive     a per-element simulation written here (Python loops over i, j, k with numpy
               scalars, the fault's masks applied at every (i, j, k) as the reference tool's
               kernel does), on its own lowering and its own reach computation; timed on one image
@@ -115,6 +116,26 @@ def bench_convs(model: LeNet, x: torch.Tensor, device: torch.device, rounds: int
                                         paired_ratio(s["faulty"], s["clean"]), reached, loadavg()))
     return results
 
+
+
+def confirm_worst(model: LeNet, x: torch.Tensor, device: torch.device, conv: list, rounds: int, iters: int,
+                  per_line: int = 3) -> dict[str, list[tuple]]:
+    """The ``per_line`` faults of each line with the highest ratio in ``conv``, timed again with
+    ``rounds`` rounds: the largest of a grid's noisy medians overstates its worst fault, a
+    second, longer measurement of the candidates does not. Per line: (fault, paired ratio)."""
+    faulty, array = systolic_copy(model, ("conv1", "conv2"), tiling=False)
+    out = {}
+    with torch.no_grad():
+        for line in "abc":
+            candidates = sorted((r for r in conv if r[0] == line), key=lambda r: -r[6])[:per_line]
+            for _, pe, bit, polarity, *_ in candidates:
+                fault = ArrayFault(line, *pe, bit=bit, polarity=polarity)
+                handle = array.add_fault(fault)
+                s = time_interleaved({"clean": lambda: model.features(x), "faulty": lambda: faulty.features(x)},
+                                     rounds=rounds, iters=iters, warmup=1, device=device)
+                handle.remove()
+                out.setdefault(line, []).append((fault, paired_ratio(s["faulty"], s["clean"])))
+    return out
 
 def conv_shapes(model: LeNet) -> dict[str, tuple[int, int, int]]:
     """The lowered product (m, k, n) = (oh, kh * W, ow) of each conv at 28x28 inputs."""
@@ -418,6 +439,11 @@ def main() -> None:
     print("  ratio = median over interleaved rounds of faulty/clean (per fault); clean/faulty = median over the "
           f"faults of each fault's median time; {rounds} rounds x {iters} calls per fault; load {loadavg()}")
     print("  (29,29) is past conv1's 24x24 and conv2's 8x8 outputs: no conv product reaches it")
+    confirm_rounds = rounds * 4
+    confirmed = confirm_worst(model_dev, x_dev, device, conv, confirm_rounds, iters)
+    print(f"  the 3 highest ratios of each line timed again ({confirm_rounds} rounds x {iters} calls): "
+          + "; ".join(f"{line}: " + ", ".join(f"({f.x},{f.y}) bit {f.bit} sa{f.polarity} {r:.2f}x" for f, r in rows)
+                      for line, rows in confirmed.items()))
     t_first = first_forward(model_dev, x_dev, device, 5 if args.quick else 15)
     print(f"  first conv forward after add_fault (line a @ (1,1), plan built inside): {fmt_time(t_first)} "
           f"(clean {fmt_time(median([r[4] for r in conv]))})")
@@ -466,8 +492,9 @@ def main() -> None:
     goal_rows = []
     for line in "abc":
         ratios = per_line[line]
-        worst = max(ratios)
-        goal_rows.append([f"conv faulty/clean, line {line}", f"worst {worst:.2f}x, median {statistics.median(ratios):.2f}x",
+        worst = max(r for _, r in confirmed[line])
+        goal_rows.append([f"conv faulty/clean, line {line}", f"worst {worst:.2f}x (timed again; grid "
+                          f"{max(ratios):.2f}x), median {statistics.median(ratios):.2f}x",
                           f"<= {GOAL_CONV:.0f}x", "PASS" if worst <= GOAL_CONV else "MISS"])
     low = min(speedups)
     goal_rows.append(["speed-up vs naive (extrapolated)", f"{low:,.0f}x (lowest of the {len(speedups)} faults)",

@@ -583,8 +583,8 @@ class SystolicArray:
             torch.mul(a_steps[start:stop], b_steps[start:stop], out=steps)
             if not floating:
                 _wrap_(steps, width)
-            for kk in range(start, stop):
-                partial += steps[kk - start]
+            for kk, step in enumerate(steps.unbind(0), start):
+                partial += step
                 if not floating:
                     _wrap_(partial, width)
                 op = c_steps.get(kk)

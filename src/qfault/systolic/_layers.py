@@ -175,7 +175,8 @@ def _band_values(array: SystolicArray, rows: torch.Tensor, kernels: torch.Tensor
             return None
     rows = array.mask_operands(rows, plan, "a")
     poisoned = None
-    if rows.is_floating_point():  # the skipped products themselves: NaN where an operand is not finite
+    if rows.is_floating_point() and not bool(rows.isfinite().all()):
+        # the skipped products themselves: NaN where an operand is not finite
         outside_steps = outside.t().reshape(*outside.shape[::-1], 1, 1)
         poisoned = (rows * 0).masked_fill_(~outside_steps, 0).sum(0).isnan()                    # (Q, Cin, b)
         poisoned = poisoned.permute(2, 1, 0).unsqueeze(1) if bool(poisoned.any()) else None     # (b, 1, Cin, Q)
