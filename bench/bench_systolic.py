@@ -117,7 +117,6 @@ def bench_convs(model: LeNet, x: torch.Tensor, device: torch.device, rounds: int
     return results
 
 
-
 def confirm_worst(model: LeNet, x: torch.Tensor, device: torch.device, conv: list, rounds: int, iters: int,
                   per_line: int = 3) -> dict[str, list[tuple]]:
     """The ``per_line`` faults of each line with the highest ratio in ``conv``, timed again with
@@ -136,6 +135,7 @@ def confirm_worst(model: LeNet, x: torch.Tensor, device: torch.device, conv: lis
                 handle.remove()
                 out.setdefault(line, []).append((fault, paired_ratio(s["faulty"], s["clean"])))
     return out
+
 
 def conv_shapes(model: LeNet) -> dict[str, tuple[int, int, int]]:
     """The lowered product (m, k, n) = (oh, kh * W, ow) of each conv at 28x28 inputs."""

@@ -130,7 +130,6 @@ def test_several_faults_with_their_own_polarities(dataflow):
             _check_against_reference(array, a, b, faults, exact_everywhere=True)
 
 
-
 @pytest.mark.parametrize("chunk", [1, 30])
 def test_the_k_ordered_loop_in_chunks_of_steps_equals_the_reference(monkeypatch, chunk):
     """The k-ordered loop makes its products a chunk of steps at a time: chunks of one step,
@@ -146,6 +145,7 @@ def test_the_k_ordered_loop_in_chunks_of_steps_equals_the_reference(monkeypatch,
             for f in faults:
                 array.add_fault(f)
             _check_against_reference(array, a, b, faults, exact_everywhere=in_dtype == np.int8 or case % 2 == 0)
+
 
 def test_wide_accumulators_and_overflow_wrap():
     rng = np.random.default_rng(3)

@@ -111,8 +111,7 @@ def conv_on_array(array: SystolicArray, tiling: bool | None, xa: torch.Tensor, w
     array: the bias plus, over input channels in order, each single-channel lowered product of
     the padded input ``xa`` (B, Cin, H, W) and kernel ``wa`` (Cout, Cin, kh, kw) (both in the
     input dtype) times ``scale[co]`` (integer codes: the dequantization scale; None: 1)."""
-    kh, kw = kernel_size
-    sh, sw = stride
+    kh, sh = kernel_size[0], stride[0]
     height, width = xa.shape[-2:]
     oh, ow = output_size((height, width), kernel_size, stride)
     parts, per_block = _parts(array, tiling, (oh, kh * width, ow), xa.shape[0], wa.shape[0])
