@@ -114,6 +114,47 @@ def test_codec_xor_equals_the_reference(name, case):
     assert torch.equal(faulty.to(torch.float32), torch.tensor(ref_faulty, dtype=torch.float32))
 
 
+def random_reference(fmt: IntFormat, values, operands, scales, zeros):
+    """``(old, new, faulty)`` lists for random-value faults: the old code (as :func:`reference`
+    computes it) plus the operand, wrapped into ``[code_min, code_max]``."""
+    olds = reference(fmt, values, [0] * len(values), scales, zeros)[0]
+    news, faulty = [], []
+    size = fmt.code_max - fmt.code_min + 1
+    for i, (value, old, operand) in enumerate(zip(values, olds, operands)):
+        new = (old - fmt.code_min + operand) % size + fmt.code_min
+        scale = None if scales is None else scales[i]
+        zero = 0 if zeros is None else zeros[i]
+        result = float(new - zero) if scale is None else fl32(Fraction(new - zero) * Fraction(fl32(scale)))
+        news.append(new)
+        faulty.append(fl32(result) if new != old else value)
+    return olds, news, faulty
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")  # a quotient beyond float32 clamps
+@pytest.mark.parametrize("name", CODECS.list())
+@settings(max_examples=150, deadline=None)
+@given(case=cases(), data=st.data())
+def test_codec_random_equals_the_reference(name, case, data):
+    """Random-value faults (seed 001's modular addition of a random code) in every codec that
+    serves them."""
+    codec = CODECS.get(name)
+    fmt, values, _, scales, zeros, per_element = case
+    if not codec.supports(fmt, "random") or (per_element and not codec.per_element_params):
+        return
+    operands = data.draw(st.lists(st.integers(fmt.code_min, fmt.code_max), min_size=len(values),
+                                  max_size=len(values)))
+    scale, zero = as_args(scales, zeros, per_element)
+    args = codec.wrap(torch.tensor(values, dtype=torch.float32), torch.zeros(len(values), dtype=torch.int64), scale,
+                      zero)
+    operand = torch.tensor(operands, dtype=torch.int64)
+    result = codec.code(fmt, args[0], "random", args[1], operand if name == "torch" else operand.numpy(), args[2],
+                        args[3])
+    old, new, faulty = codec.unwrap(result)
+    ref_old, ref_new, ref_faulty = random_reference(fmt, values, operands, scales, zeros)
+    assert old.tolist() == ref_old and new.tolist() == ref_new
+    assert torch.equal(faulty.to(torch.float32), torch.tensor(ref_faulty, dtype=torch.float32))
+
+
 @pytest.mark.parametrize("name", CODECS.list())
 @pytest.mark.parametrize("rounding", ["half_even", "half_up", "half_away"])
 def test_codec_at_exact_halves(name, rounding):
@@ -162,17 +203,18 @@ def test_codec_ieee_xor_equals_the_reference(name, kind, pack, values, data):
 
 @pytest.mark.parametrize("name", CODECS.list())
 def test_codec_declares_what_it_supports(name):
-    """The fast codecs serve XOR faults in int formats (numpy also raw float32/float16 bits);
-    the torch codec serves everything."""
+    """The fast codecs serve XOR faults in int formats (numpy also raw float32/float16 bits and
+    random values in int formats); the torch codec serves everything."""
     codec = CODECS.get(name)
     assert codec.supports(IntFormat(8), "xor")
     others = [(FixedPoint(8, 3), "xor"), (FloatFormat("bfloat16"), "xor"), (IntFormat(8), "stuck"),
-              (IntFormat(8), "random"), (FloatFormat("float32"), "stuck")]
+              (FloatFormat("float32"), "stuck"), (FloatFormat("float32"), "random"), (FixedPoint(8, 3), "random")]
     if name == "torch":
         assert all(codec.supports(fmt, op) for fmt, op in others + [(FloatFormat("float32"), "xor")])
     else:
         assert not any(codec.supports(fmt, op) for fmt, op in others)
         assert codec.supports(FloatFormat("float16"), "xor") == (name == "numpy")
+        assert codec.supports(IntFormat(8), "random") == (name == "numpy")
 
 
 @pytest.mark.parametrize("name", CODECS.list())
@@ -201,4 +243,6 @@ def test_sites_pick_the_numpy_codec_only_where_it_serves_the_fault():
     assert fast_codec_for(FloatFormat("float16"), "xor") is CODECS.get("numpy")
     assert fast_codec_for(FloatFormat("bfloat16"), "xor") is None
     assert fast_codec_for(FixedPoint(8, 3), "xor") is None
-    assert fast_codec_for(IntFormat(8), "stuck") is None and fast_codec_for(IntFormat(8), "random") is None
+    assert fast_codec_for(IntFormat(8), "stuck") is None and fast_codec_for(FixedPoint(8, 3), "random") is None
+    assert fast_codec_for(IntFormat(8), "random") is CODECS.get("numpy")
+    assert fast_codec_for(None, "random") is CODECS.get("numpy")

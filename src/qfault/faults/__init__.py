@@ -2,8 +2,8 @@
 
 from ._apply import FaultRecord, apply_draw, corrupt
 from ._codec import (
-    CODECS, NUMPY, RANDOM, SCALAR, STUCK, TORCH, XOR, Codec, apply_to_codes, fast_codec_for, fault_values, scalar_param,
-    to_float32, xor_scalars, xor_values_numpy,
+    CODECS, NUMPY, RANDOM, SCALAR, STUCK, TORCH, XOR, Codec, apply_to_codes, fast_codec_for, fault_values,
+    fault_values_numpy, scalar_param, to_float32, xor_scalars,
 )
 from ._draw import (
     PER_IMAGE_SAMPLERS, SAMPLERS, ArrayDraw, FaultDraw, ScalarDraw, draw_faults, draw_per_image, group_bit_sites,
@@ -25,7 +25,7 @@ __all__ = [
     "corrupt", "draw_faults", "draw_per_image", "apply_draw", "apply_to_codes", "fault_values", "FaultDraw",
     "ArrayDraw", "ScalarDraw", "FaultRecord", "resolve_bits", "group_bit_sites", "hw_periodic_mask",
     "hw_periodic_pattern", "register_sampler", "SAMPLERS", "PER_IMAGE_SAMPLERS",
-    "XOR", "STUCK", "RANDOM", "Codec", "CODECS", "TORCH", "NUMPY", "SCALAR", "fast_codec_for", "scalar_param", "to_float32", "xor_scalars", "xor_values_numpy",
+    "XOR", "STUCK", "RANDOM", "Codec", "CODECS", "TORCH", "NUMPY", "SCALAR", "fast_codec_for", "scalar_param", "to_float32", "xor_scalars", "fault_values_numpy",
     "LAYOUTS", "keras_permutation", "to_torch_index", "from_torch_index", "lbi_to_site", "site_to_lbi",
     "binomial", "distinct", "bernoulli_positions", "nested_bernoulli_array", "derive_seed", "make_generator", "uniform_index", "ceil_count",
 ]

@@ -7,8 +7,8 @@ was. Three implementations compute exactly the same numbers (one equivalence tes
 registered codec and format checks it):
 
 - ``torch``: tensors on any device, every format and operation, usable under autograd. The default.
-- ``numpy``: XOR faults in int formats and in float32/float16 bits on finite float32 values,
-  numpy arrays (CPU).
+- ``numpy``: XOR and random-value faults in int formats and XOR faults in float32/float16 bits,
+  on finite float32 values, numpy arrays (CPU).
 - ``scalar``: the same on a handful of Python floats, each float32 step computed in double and
   rounded once to float32, which gives the float32 result.
 
@@ -107,17 +107,19 @@ class TorchCodec:
 
 
 class NumpyCodec:
-    """XOR faults in int formats and in the raw bits of float32/float16 on finite float32 numpy
-    arrays; bit-identical to ``torch``."""
+    """XOR and random-value faults in int formats and XOR faults in the raw bits of
+    float32/float16, on finite float32 numpy arrays; bit-identical to ``torch``."""
 
     name = "numpy"
     per_element_params = True
 
     def supports(self, fmt: NumberFormat, op: str) -> bool:
+        if op == RANDOM:
+            return fmt.needs_qparams
         return op == XOR and (fmt.needs_qparams or _numpy_ieee(fmt) is not None)
 
     def code(self, fmt, values, op, mask, operand=None, scale=None, zero=None):
-        return xor_values_numpy(fmt, values, mask, scale, zero)
+        return fault_values_numpy(fmt, values, op, mask, operand, scale, zero)
 
     #: above this many elements the torch passes (in place, multi-threaded) cost less
     NORM_ELEMENTS = 1 << 16
@@ -198,7 +200,7 @@ def fast_codec_for(fmt: NumberFormat | None, op: str) -> Codec | None:
     """The codec a site uses for ``op`` faults in ``fmt`` on CPU float32 values outside autograd
     (``fmt`` None: a quantized tensor's own int format): ``numpy`` where it serves them, else
     None (the ``torch`` codec). Chosen once, when the site is built."""
-    if op == XOR and (fmt is None or NUMPY.supports(fmt, op)):
+    if op in (XOR, RANDOM) and (fmt is None or NUMPY.supports(fmt, op)):
         return NUMPY
     return None
 
@@ -272,9 +274,12 @@ def _round_numpy(q: np.ndarray, rounding: str, in_place: bool) -> np.ndarray:
     return np.rint(q, out=q if in_place else None)
 
 
-def xor_values_numpy(fmt: NumberFormat, values: np.ndarray, mask: np.ndarray, scale=None, zero=None):
-    """The tensor codec of :func:`fault_values` for XOR faults on finite float32 ``values``, in
-    numpy: ``(old codes int32, new codes int32, faulty float32)``, bit-identical to the torch path.
+def fault_values_numpy(fmt: NumberFormat, values: np.ndarray, op: str, mask: np.ndarray, operand=None,
+                       scale=None, zero=None):
+    """The tensor codec of :func:`fault_values` for XOR (``mask``) and, in int formats,
+    random-value faults (``operand``: int64 per value, added modulo the code range) on finite
+    float32 ``values``, in numpy: ``(old codes int32, new codes int32, faulty float32)``,
+    bit-identical to the torch path.
 
     ``scale`` is None, a number or a float32 array per value; ``zero`` None, a number or an
     array per value (zero points are small integers, exact in float32). In an IEEE format
@@ -309,12 +314,17 @@ def xor_values_numpy(fmt: NumberFormat, values: np.ndarray, mask: np.ndarray, sc
     # clamp (np.clip's wrapper costs more than the two ufuncs)
     np.minimum(np.maximum(q, np.float32(fmt.code_min), out=q), np.float32(fmt.code_max), out=q)
     old = q.astype(np.int32)
-    patterns = (old & fmt.bit_mask) ^ mask
-    if fmt.signed:  # sign-extend the b-bit pattern
-        sign = 1 << (fmt.bits - 1)
-        np.bitwise_xor(patterns, sign, out=patterns)
-        np.subtract(patterns, sign, out=patterns)
-    new = patterns.astype(np.int32, copy=False)
+    if op == RANDOM:  # seed 001's modular addition over [code_min, code_max], as apply_to_codes
+        low, size = fmt.code_min, fmt.code_max - fmt.code_min + 1
+        shifted = np.remainder(old.astype(np.int64) + (operand - low), size)
+        new = np.add(shifted, low, out=shifted).astype(np.int32)
+    else:
+        patterns = (old & fmt.bit_mask) ^ mask
+        if fmt.signed:  # sign-extend the b-bit pattern
+            sign = 1 << (fmt.bits - 1)
+            np.bitwise_xor(patterns, sign, out=patterns)
+            np.subtract(patterns, sign, out=patterns)
+        new = patterns.astype(np.int32, copy=False)
     faulty = new.astype(np.float32)
     if zero is not None:
         faulty -= zero

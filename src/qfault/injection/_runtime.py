@@ -255,8 +255,8 @@ class SiteRuntime:
         """``(scale, zero point)`` as Python numbers where :meth:`_corrupt_fast` applies: the site's
         fast codec serves the format and the draw's operation, on a float32 CPU tensor with a
         per-tensor scale, outside autograd and stacked trials. None otherwise."""
-        if len(draw) > NUMPY_DRAW or draw.op != XOR or (x.requires_grad and torch.is_grad_enabled()) \
-                or self.handle.trial_seeds is not None:
+        if len(draw) > NUMPY_DRAW or self.fast_codec is None or not self.fast_codec.supports(fmt, draw.op) \
+                or (x.requires_grad and torch.is_grad_enabled()) or self.handle.trial_seeds is not None:
             return None
         return self._numpy_numbers(x, fmt, scale, zero_point, axis)
 
@@ -264,7 +264,7 @@ class SiteRuntime:
         """``(scale, zero point)`` as Python numbers where the site's fast codec can read ``x``
         through numpy: a float32 CPU tensor with per-tensor parameters. None otherwise."""
         if self.fast_codec is None or axis is not None or x.device.type != "cpu" or x.dtype != torch.float32 \
-                or not self.fast_codec.supports(fmt, XOR):
+                or not self.fast_codec.supports(fmt, self.spec.fault.op):
             return None
         numbers = (scalar_param(scale), scalar_param(zero_point))
         if (scale is not None and numbers[0] is None) or (zero_point is not None and numbers[1] is None):
@@ -301,7 +301,8 @@ class SiteRuntime:
         values = source.reshape(-1)[index]
         if not np.isfinite(values.sum()) and not np.isfinite(values).all():  # the sum is one cheap check
             return None
-        old, new, faulty = self.fast_codec.code(fmt, values, XOR, mask, None, scale_number, zero_number)
+        operand = None if draw.value is None else draw.value.numpy()
+        old, new, faulty = self.fast_codec.code(fmt, values, draw.op, mask, operand, scale_number, zero_number)
         if self.spec.track_statistics:
             self._record(x, fmt, scale, zero_point, None, old, new, values, faulty)
         if self.handle._listeners:
@@ -617,7 +618,8 @@ class ParamGroup:
             channel = arrays["channel_start"][owner] + local // arrays["inner"][owner]
             scale = arrays["scale"][channel]
             zero = None if arrays["zero"] is None else arrays["zero"][channel]
-        old, new, faulty = self.sites[0].fast_codec.code(fmt, clean, XOR, mask, None, scale, zero)
+        operand = None if draw.value is None else draw.value.numpy()
+        old, new, faulty = self.sites[0].fast_codec.code(fmt, clean, draw.op, mask, operand, scale, zero)
         return self._finish(params, active, draw, tables, ranges, local, old, new, clean, faulty, views)
 
     @staticmethod
