@@ -87,9 +87,10 @@ def _distinct_by_resorting(n: int, k: int, gen: torch.Generator) -> list[int]:
     return have
 
 
-@pytest.mark.parametrize("n, k", [(40, 10), (400, 100), (10**4, 300), (10**6, 2000), (64, 16)])
+@pytest.mark.parametrize("n, k", [(40, 10), (400, 100), (10**4, 300), (10**6, 2000), (64, 16), (10**5, 12_000),
+                                  (10**5, 13_000)])
 def test_distinct_merge_of_redraws_equals_resorting(n, k):
-    # dense enough that redraws happen, of a few positions (merged) and of many (re-sorted)
+    # dense enough that redraws happen, through the sorted merge (below n / 8) and the mask
     for seed in range(30):
         fast = distinct(n, k, make_generator("merge", n, k, seed)).tolist()
         assert fast == _distinct_by_resorting(n, k, make_generator("merge", n, k, seed))
