@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -347,21 +348,30 @@ def test_band_shortcut_equals_the_full_reduction(monkeypatch):
     pes = array.pes()
     cases += [ArrayFault("ab"[i % 2], *pes[rng.integers(len(pes))], int(rng.integers(32)), int(rng.integers(3)))
               for i in range(12)]
+    spoilt = x.clone()
+    spoilt[1, 0, 4, 7] = math.inf  # an input that is not finite: NaN wherever a skipped product holds it
+    # line-a faults on the row holding the spoilt value, all along or in a window of cycles (the
+    # masked operands of an output differ from step to step): an exponent bit stuck at 0 makes
+    # the inf finite, stuck at 1 makes values in [1, 2) inf or NaN
+    windowed = [ArrayFault("a", 4, 1, 1, 0), ArrayFault("a", 4, 1, 1, 0, t_start=12, t_stop=24),
+                ArrayFault("a", 4, 1, 1, 1, t_start=12, t_stop=24), ArrayFault("a", 1, 1, 1, 1, t_start=3, t_stop=9)]
+    inputs = [(x, fault) for fault in cases + windowed]
+    inputs += [(spoilt, fault) for fault in [ArrayFault("a", 2, 3, 20, 0), sign] + windowed]
     used = nans = poisoned = 0
     with torch.no_grad():
-        for fault in cases:
+        for inputs_x, fault in inputs:
             array.clear_faults()
             array.add_fault(fault)
             calls = []
             monkeypatch.setattr(layers, "_band_values", lambda *a: calls.append(original(*a)) or calls[-1])
-            fast = layer(x)
+            fast = layer(inputs_x)
             used += bool(calls) and calls[0] is not None
             assert fault != sign or calls[0] is not None
             poisoned += bool(calls) and calls[0] is not None and bool(calls[0].isnan().any())
             monkeypatch.setattr(layers, "_band_values", lambda *a: None)
-            full = layer(x)
+            full = layer(inputs_x)
             assert torch.equal(fast.isnan(), full.isnan()), fault
             nans += int(full.isnan().sum())
             assert torch.equal(_bits(fast.nan_to_num(0.0)), _bits(full.nan_to_num(0.0))), fault
-    assert 0 < used < len(cases)  # both paths ran
+    assert 0 < used < len(inputs)  # both paths ran
     assert nans and poisoned  # NaN outputs, some of them from the band

@@ -10,6 +10,7 @@ on line c reaches. What reaches where comes from the closed-form geometry of
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,6 +220,9 @@ class MatmulPlan:
     # tile-local k where some line-c mask is not the identity -> the ops it takes on the code:
     # "and" (keep only), "xor" (xor only), "or" (x & ~m ^ m = x | m: stuck-at-1) or "and_xor"
     c_steps: dict[int, str] = field(default_factory=dict)
+    # per line, the distinct (keep, xor) pairs other than the identity among its masks (signed
+    # codes of the line width): what a fault can make of any operand on that line
+    variants: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -238,7 +242,8 @@ class MatmulPlan:
         if self.rows.device == device:
             return self
         masks = {line: (keep.to(device), xor.to(device)) for line, (keep, xor) in self.masks.items()}
-        return MatmulPlan(self.rows.to(device), self.cols.to(device), self.depth, self.k_tiles, masks, self.c_steps)
+        return MatmulPlan(self.rows.to(device), self.cols.to(device), self.depth, self.k_tiles, masks, self.c_steps,
+                          self.variants)
 
 
 class SystolicArray:
@@ -424,6 +429,7 @@ class SystolicArray:
         past_end = (np.arange(k_tiles)[:, None] * depth + np.arange(depth)[None, :]) >= k  # (k_tiles, depth)
         masks = {}
         c_steps: dict[int, str] = {}
+        variants = {line: _variants(keep, xor) for line, (keep, xor) in masks_local.items()}
         for line, (keep, xor) in masks_local.items():
             keep_q = np.repeat(keep[r][:, None, :], k_tiles, axis=1)
             xor_q = np.repeat(xor[r][:, None, :], k_tiles, axis=1)
@@ -434,7 +440,7 @@ class SystolicArray:
             if line == "c":
                 c_steps = _step_ops(keep, xor)
         return MatmulPlan(torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(cols.astype(np.int64)),
-                          depth, k_tiles, masks, c_steps)
+                          depth, k_tiles, masks, c_steps, variants)
 
     # ---------------------------------------------------------------------------- matmul
     def cast(self, value: Any, field_name: str = "A") -> torch.Tensor:
@@ -500,6 +506,26 @@ class SystolicArray:
             return steps
         keep, xor = (m.t().reshape(*m.shape[::-1], *((1,) * (steps.dim() - 2))) for m in plan.masks[line])
         return _apply_masks(steps, keep, xor, self.widths[line])
+
+    def non_finite_under(self, values: torch.Tensor, line: str, mask: tuple[int, int] | None = None) -> torch.Tensor:
+        """Where float operands ``values`` of ``line`` are infinite or NaN, as they are (``mask``
+        None) or under one (keep, xor) mask pair of the line's width: bool, ``values``' shape."""
+        if mask is None:
+            return ~values.isfinite()
+        keep, xor = mask
+        width = self.widths[line]
+        mantissa = round(-math.log2(torch.finfo(values.dtype).eps))  # stored mantissa bits
+        exponent = _signed(((1 << (width - 1)) - 1) & ~((1 << mantissa) - 1), width)  # all ones: inf or NaN
+        if keep & exponent == exponent and xor & exponent == 0:
+            return ~values.isfinite()  # the exponent as it was
+        return ((values.view(_BIT_VIEW[width]) & keep) ^ xor) & exponent == exponent
+
+    def masks_keep_finite(self, values: torch.Tensor, plan: MatmulPlan, line: str) -> bool:
+        """Whether every one of ``values`` (float operands of ``line``, any shape) is finite as it
+        is and under each mask the plan holds on that line: then no masked operand made from
+        them is infinite or NaN. Costs a few passes over ``values``, whatever the plan's size."""
+        return not any(bool(self.non_finite_under(values, line, mask).any())
+                       for mask in (None, *plan.variants.get(line, ())))
 
     def clean_matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """A @ B in the array's arithmetic with no faults (integers wrap in the mac width)."""
@@ -660,6 +686,12 @@ def _step_ops(keep: np.ndarray, xor: np.ndarray) -> dict[int, str]:
     kinds = np.where((k == -1).all(axis=0), "xor", np.where((x == 0).all(axis=0), "and", np.where(
         (x == ~k).all(axis=0), "or", "and_xor")))
     return dict(zip(steps.tolist(), kinds.tolist()))
+
+
+def _variants(keep: np.ndarray, xor: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """The distinct (keep, xor) pairs of one line's masks, the identity (-1, 0) left out."""
+    pairs = np.unique(np.stack([keep.ravel(), xor.ravel()], axis=1), axis=0)
+    return tuple((int(k), int(x)) for k, x in pairs.tolist() if (k, x) != (-1, 0))
 
 
 def _signed(value: int, width: int) -> int:

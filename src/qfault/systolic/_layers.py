@@ -125,15 +125,12 @@ def conv_on_array(array: SystolicArray, tiling: bool | None, xa: torch.Tensor, w
     for plan, chans, block in parts:
         plan = plan.to(device)
         chans = torch.arange(wa.shape[0], device=device) if chans is None else chans.to(device)
-        images = slice(block * per_block, (block + 1) * per_block)
-        heights = (plan.rows[None, :] * sh + torch.arange(kh, device=device)[:, None]).flatten()  # (kh*Q,)
-        rows = columns_first[..., images].index_select(1, heights)             # (W, kh*Q, Cin, b)
-        rows = rows.view(width * kh, plan.rows.numel(), *rows.shape[2:])      # (kh*W, Q, Cin, b)
+        source = columns_first[..., block * per_block:(block + 1) * per_block]  # (W, H, Cin, b)
         kernels = wa.index_select(0, chans)
-        values = _band_values(array, rows, kernels, plan, stride)
+        values = _band_values(array, source, kernels, plan, stride)
         if values is None:
             columns = kernel_columns(kernels, plan.cols, width, stride)       # (C, Cin, Q, kh*W)
-            values = _recompute_conv(array, rows, columns.permute(3, 2, 0, 1), plan)
+            values = _recompute_conv(array, _lowered_rows(source, plan, kh, sh), columns.permute(3, 2, 0, 1), plan)
         values = values.to(clean.dtype)                                       # (b, C, Cin, Q)
         if scale is not None:
             values = values * scale.index_select(0, chans).view(1, -1, 1, 1)
@@ -142,15 +139,25 @@ def conv_on_array(array: SystolicArray, tiling: bool | None, xa: torch.Tensor, w
             total = total + bias.detach().index_select(0, chans).view(1, -1, 1)
         for ci in range(xa.shape[1]):  # the tool's channel order: bias, then += each input channel
             total = total + values[:, :, ci]
-        index = (images, chans[:, None], plan.rows[None, :], plan.cols[None, :])
+        index = (slice(block * per_block, (block + 1) * per_block), chans[:, None], plan.rows[None, :],
+                 plan.cols[None, :])
         clean = replace_outputs(clean, index, total)
     return clean
 
 
-def _band_values(array: SystolicArray, rows: torch.Tensor, kernels: torch.Tensor, plan: MatmulPlan,
+def _lowered_rows(source: torch.Tensor, plan: MatmulPlan, kh: int, sh: int) -> torch.Tensor:
+    """The lowered activation row of every planned output, step-major: (kh*W, Q, Cin, b) from
+    the input ``source`` (W, H, Cin, b). Row r is column-major X[r*sh : r*sh + kh, :], so its
+    step col * kh + u is X[r*sh + u, col]: one gather of heights for all steps."""
+    heights = (plan.rows[None, :] * sh + torch.arange(kh, device=source.device)[:, None]).flatten()  # (kh*Q,)
+    rows = source.index_select(1, heights)                                                 # (W, kh*Q, Cin, b)
+    return rows.view(source.shape[0] * kh, plan.rows.numel(), *rows.shape[2:])
+
+
+def _band_values(array: SystolicArray, source: torch.Tensor, kernels: torch.Tensor, plan: MatmulPlan,
                  stride: tuple[int, int]) -> torch.Tensor | None:
     """The planned outputs (b, C, Cin, Q) from the kernel's band of each lowered column only, or
-    None when that would not be exact; ``rows`` (kh*W, Q, Cin, b) step-major.
+    None when that would not be exact; ``source`` (W, H, Cin, b) the padded input, column-first.
 
     Column c of a lowered kernel is zero outside rows c*sw*kh ... c*sw*kh + kh*kw - 1, so the
     products there are +-0, which leave a partial sum unchanged (it is never -0: it starts at +0
@@ -158,32 +165,71 @@ def _band_values(array: SystolicArray, rows: torch.Tensor, kernels: torch.Tensor
     (its ops run at every step) or a b mask sets a bit of those zeros other than an IEEE sign
     (-0 products change no sum that is not -0); then None. An operand there that is not finite
     makes its product NaN (inf * 0, or the NaN itself), and so the output: NaN (which NaN's bits
-    an add keeps is the kernel's choice, in the full reduction too).
+    an add keeps is the kernel's choice, in the full reduction too). Whether any masked operand
+    can be infinite or NaN is first decided on ``source`` under each of the plan's line-a masks
+    (the rows repeat its values); only then are the skipped products looked at.
     """
     if plan.k_tiles != 1 or "c" in plan.masks:
         return None
     kh, kw = kernels.shape[-2:]
+    sh, sw = stride
+    width, height = source.shape[:2]
     band = kh * kw
     queries = plan.cols.numel()
-    positions = plan.cols[:, None] * (stride[1] * kh) + torch.arange(band, device=rows.device)   # (Q, band)
-    outside = torch.ones(queries, rows.shape[0], dtype=torch.bool, device=rows.device)
+    device = source.device
+    positions = plan.cols[:, None] * (sw * kh) + torch.arange(band, device=device)                # (Q, band)
+    outside = torch.ones(queries, width * kh, dtype=torch.bool, device=device)
     outside.scatter_(1, positions, False)
     if "b" in plan.masks:  # a masked zero is its xor pattern: only a sign there keeps it zero (IEEE)
-        significant = -1 if not rows.is_floating_point() else (1 << (array.widths["b"] - 1)) - 1
+        significant = -1 if not source.is_floating_point() else (1 << (array.widths["b"] - 1)) - 1
         if bool(((plan.masks["b"][1][outside] & significant) != 0).any()):
             return None
-    rows = array.mask_operands(rows, plan, "a")
     poisoned = None
-    if rows.is_floating_point() and not bool(rows.isfinite().all()):
-        # the skipped products themselves: NaN where an operand is not finite
-        outside_steps = outside.t().reshape(*outside.shape[::-1], 1, 1)
-        poisoned = (rows * 0).masked_fill_(~outside_steps, 0).sum(0).isnan()                    # (Q, Cin, b)
-        poisoned = poisoned.permute(2, 1, 0).unsqueeze(1) if bool(poisoned.any()) else None     # (b, 1, Cin, Q)
-    rows = rows[positions.t(), torch.arange(queries, device=rows.device)]                       # (band, Q, Cin, b)
+    if source.is_floating_point() and not array.masks_keep_finite(source, plan, "a"):
+        poisoned = _poisoned(array, source, plan, outside, kh, sh)                               # (b, 1, Cin, Q)
+    # band step v * kh + u of output (r, c) is X[r*sh + u, c*sw + v]: one gather over (W*H)
+    steps = torch.arange(band, device=device)
+    along_w = plan.cols[None, :] * sw + (steps // kh)[:, None]                                  # (band, Q)
+    along_h = plan.rows[None, :] * sh + (steps % kh)[:, None]
+    rows = source.flatten(0, 1).index_select(0, (along_w * height + along_h).flatten())
+    rows = rows.view(band, queries, *source.shape[2:])                                          # (band, Q, Cin, b)
     flat = kernels.transpose(-1, -2).reshape(*kernels.shape[:2], band)                           # column-major
     columns = flat.permute(2, 0, 1).unsqueeze(1)                                                 # (band, 1, C, Cin)
-    values = _recompute_conv(array, rows, columns, plan.restrict(positions, lines=("b",)))
+    # the line-a masks on the band's steps only (recompute_steps applies them)
+    values = _recompute_conv(array, rows, columns, plan.restrict(positions, lines=("a", "b")))
     return values if poisoned is None else values.masked_fill(poisoned, math.nan)
+
+
+def _poisoned(array: SystolicArray, source: torch.Tensor, plan: MatmulPlan, outside: torch.Tensor, kh: int,
+              sh: int) -> torch.Tensor | None:
+    """Where a skipped product of the band shortcut is NaN: outputs (b, 1, Cin, Q) with a masked
+    line-a operand that is infinite or NaN at a step ``outside`` (Q, kh*W) their band; None if
+    there is none. Per mask pair of line a (and unmasked), the operands it spoils are marked on
+    ``source`` (W, H, Cin, b) once; an output counts those of its lowered row at its steps under
+    that mask pair: a (Q_r, kh*W) @ (kh*W, Cin*b) product per distinct output row r."""
+    width, height = source.shape[:2]
+    masks = plan.masks.get("a")
+    rows, row_of = torch.unique(plan.rows, return_inverse=True)
+    heights = (rows[None, :] * sh + torch.arange(kh, device=source.device)[:, None]).flatten()  # (kh*R,)
+    counts = torch.zeros(plan.rows.numel(), source.shape[2] * source.shape[3], device=source.device)
+    for mask in (None, *plan.variants.get("a", ())):
+        spoiled = array.non_finite_under(source, "a", mask)
+        if not bool(spoiled.any()):
+            continue
+        lowered = spoiled.index_select(1, heights).view(width * kh, rows.numel(), -1).float()  # (kh*W, R, Cin*b)
+        if masks is None:
+            steps = outside
+        elif mask is None:
+            steps = outside & (masks[0] == -1) & (masks[1] == 0)
+        else:
+            steps = outside & (masks[0] == mask[0]) & (masks[1] == mask[1])
+        steps = steps.float()
+        for r in range(rows.numel()):
+            of_row = (row_of == r).nonzero().flatten()
+            counts.index_add_(0, of_row, steps.index_select(0, of_row) @ lowered[:, r])
+    if not bool((counts > 0).any()):
+        return None
+    return (counts > 0).view(-1, *source.shape[2:]).permute(2, 1, 0).unsqueeze(1)
 
 
 def _recompute_conv(array: SystolicArray, rows: torch.Tensor, columns: torch.Tensor, plan: MatmulPlan
