@@ -354,14 +354,16 @@ def test_band_shortcut_equals_the_full_reduction(monkeypatch):
     # masked operands of an output differ from step to step): an exponent bit stuck at 0 makes
     # the inf finite, stuck at 1 makes values in [1, 2) inf or NaN
     windowed = [ArrayFault("a", 4, 1, 1, 0), ArrayFault("a", 4, 1, 1, 0, t_start=12, t_stop=24),
-                ArrayFault("a", 4, 1, 1, 1, t_start=12, t_stop=24), ArrayFault("a", 1, 1, 1, 1, t_start=3, t_stop=9)]
+                ArrayFault("a", 4, 1, 1, 1, t_start=12, t_stop=24), ArrayFault("a", 1, 1, 1, 1, t_start=3, t_stop=9),
+                (ArrayFault("a", 4, 1, 9, 1, t_start=8), ArrayFault("a", 4, 1, 1, 1, t_start=16, t_stop=20))]
     inputs = [(x, fault) for fault in cases + windowed]
     inputs += [(spoilt, fault) for fault in [ArrayFault("a", 2, 3, 20, 0), sign] + windowed]
     used = nans = poisoned = 0
     with torch.no_grad():
         for inputs_x, fault in inputs:
             array.clear_faults()
-            array.add_fault(fault)
+            for one in fault if isinstance(fault, tuple) else (fault,):  # several at once: several mask pairs
+                array.add_fault(one)
             calls = []
             monkeypatch.setattr(layers, "_band_values", lambda *a: calls.append(original(*a)) or calls[-1])
             fast = layer(inputs_x)

@@ -690,8 +690,16 @@ def _step_ops(keep: np.ndarray, xor: np.ndarray) -> dict[int, str]:
 
 def _variants(keep: np.ndarray, xor: np.ndarray) -> tuple[tuple[int, int], ...]:
     """The distinct (keep, xor) pairs of one line's masks, the identity (-1, 0) left out."""
-    pairs = np.unique(np.stack([keep.ravel(), xor.ravel()], axis=1), axis=0)
-    return tuple((int(k), int(x)) for k, x in pairs.tolist() if (k, x) != (-1, 0))
+    masked = (keep != -1) | (xor != 0)
+    keep, xor = keep[masked], xor[masked]
+    if not keep.size:
+        return ()
+    # a few distinct pairs among many entries: sort the first entry's pair out, then the rest
+    pairs = {(int(keep[0]), int(xor[0]))}
+    rest = (keep != keep[0]) | (xor != xor[0])
+    if rest.any():
+        pairs.update(map(tuple, np.unique(np.stack([keep[rest], xor[rest]], axis=1), axis=0).tolist()))
+    return tuple(sorted(pairs))
 
 
 def _signed(value: int, width: int) -> int:
