@@ -360,18 +360,18 @@ def test_band_shortcut_equals_the_full_reduction(monkeypatch):
     inputs += [(spoilt, fault) for fault in [ArrayFault("a", 2, 3, 20, 0), sign] + windowed]
     used = nans = poisoned = 0
     with torch.no_grad():
-        for inputs_x, fault in inputs:
+        for batch, fault in inputs:
             array.clear_faults()
             for one in fault if isinstance(fault, tuple) else (fault,):  # several at once: several mask pairs
                 array.add_fault(one)
             calls = []
             monkeypatch.setattr(layers, "_band_values", lambda *a: calls.append(original(*a)) or calls[-1])
-            fast = layer(inputs_x)
+            fast = layer(batch)
             used += bool(calls) and calls[0] is not None
             assert fault != sign or calls[0] is not None
             poisoned += bool(calls) and calls[0] is not None and bool(calls[0].isnan().any())
             monkeypatch.setattr(layers, "_band_values", lambda *a: None)
-            full = layer(inputs_x)
+            full = layer(batch)
             assert torch.equal(fast.isnan(), full.isnan()), fault
             nans += int(full.isnan().sum())
             assert torch.equal(_bits(fast.nan_to_num(0.0)), _bits(full.nan_to_num(0.0))), fault

@@ -9,8 +9,8 @@ registered codec and format checks it):
 - ``torch``: tensors on any device, every format and operation, usable under autograd. The default.
 - ``numpy``: XOR and random-value faults in int formats and XOR faults in float32/float16 bits,
   on finite float32 values, numpy arrays (CPU).
-- ``scalar``: the same on a handful of Python floats, each float32 step computed in double and
-  rounded once to float32, which gives the float32 result.
+- ``scalar``: XOR faults in int formats on a handful of Python floats, each float32 step computed
+  in double and rounded once to float32, which gives the float32 result.
 
 The runtime picks a codec once per site from the format and fault (:func:`fast_codec_for`) and falls
 back to ``torch`` for tensors the others do not serve (autograd, another device, non-finite values).

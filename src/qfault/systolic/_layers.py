@@ -207,7 +207,7 @@ def _poisoned(array: SystolicArray, source: torch.Tensor, plan: MatmulPlan, outs
     there is none. Per mask pair of line a (and unmasked), the operands it spoils are marked on
     ``source`` (W, H, Cin, b) once; an output counts those of its lowered row at its steps under
     that mask pair: a (Q_r, kh*W) @ (kh*W, Cin*b) product per distinct output row r."""
-    width, height = source.shape[:2]
+    width = source.shape[0]
     masks = plan.masks.get("a")
     rows, row_of = torch.unique(plan.rows, return_inverse=True)
     heights = (rows[None, :] * sh + torch.arange(kh, device=source.device)[:, None]).flatten()  # (kh*R,)
