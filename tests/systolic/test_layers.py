@@ -357,7 +357,9 @@ def test_band_shortcut_equals_the_full_reduction(monkeypatch):
                 ArrayFault("a", 4, 1, 1, 1, t_start=12, t_stop=24), ArrayFault("a", 1, 1, 1, 1, t_start=3, t_stop=9),
                 (ArrayFault("a", 4, 1, 9, 1, t_start=8), ArrayFault("a", 4, 1, 1, 1, t_start=16, t_stop=20))]
     inputs = [(x, fault) for fault in cases + windowed]
-    inputs += [(spoilt, fault) for fault in [ArrayFault("a", 2, 3, 20, 0), sign] + windowed]
+    # a mantissa or sign bit leaves the exponent as it was: the inf stays inf under the mask
+    as_is = [ArrayFault("a", 4, 1, 20, 0), ArrayFault("a", 5, 1, 0, 1), ArrayFault("a", 6, 1, 31, 2, t_start=10)]
+    inputs += [(spoilt, fault) for fault in [ArrayFault("a", 2, 3, 20, 0), sign] + windowed + as_is]
     used = nans = poisoned = 0
     with torch.no_grad():
         for batch, fault in inputs:

@@ -510,22 +510,45 @@ class SystolicArray:
     def non_finite_under(self, values: torch.Tensor, line: str, mask: tuple[int, int] | None = None) -> torch.Tensor:
         """Where float operands ``values`` of ``line`` are infinite or NaN, as they are (``mask``
         None) or under one (keep, xor) mask pair of the line's width: bool, ``values``' shape."""
-        if mask is None:
+        effect = "as is" if mask is None else self._exponent_effect(values.dtype, line, mask)
+        if effect == "as is":
             return ~values.isfinite()
+        if effect == "never":
+            return torch.zeros_like(values, dtype=torch.bool)
         keep, xor = mask
-        width = self.widths[line]
-        mantissa = round(-math.log2(torch.finfo(values.dtype).eps))  # stored mantissa bits
-        exponent = _signed(((1 << (width - 1)) - 1) & ~((1 << mantissa) - 1), width)  # all ones: inf or NaN
-        if keep & exponent == exponent and xor & exponent == 0:
-            return ~values.isfinite()  # the exponent as it was
-        return ((values.view(_BIT_VIEW[width]) & keep) ^ xor) & exponent == exponent
+        exponent = _exponent_bits(values.dtype, self.widths[line])
+        return ((values.view(_BIT_VIEW[self.widths[line]]) & keep) ^ xor) & exponent == exponent
 
-    def masks_keep_finite(self, values: torch.Tensor, plan: MatmulPlan, line: str) -> bool:
-        """Whether every one of ``values`` (float operands of ``line``, any shape) is finite as it
-        is and under each mask the plan holds on that line: then no masked operand made from
-        them is infinite or NaN. Costs a few passes over ``values``, whatever the plan's size."""
-        return not any(bool(self.non_finite_under(values, line, mask).any())
-                       for mask in (None, *plan.variants.get(line, ())))
+    def spoiled_operands(self, values: torch.Tensor, plan: MatmulPlan, line: str
+                         ) -> list[tuple[tuple[int, int] | None, torch.Tensor]]:
+        """The float operands ``values`` of ``line`` (any shape) that are infinite or NaN as they
+        are (mask None) or under a mask pair the plan holds on that line: ``(mask, where)`` for
+        each one that spoils any (empty: no masked operand made from ``values`` is infinite or
+        NaN). A pass or a few over ``values``, whatever the plan's size."""
+        plain = self.non_finite_under(values, line)
+        plain_spoils = bool(plain.any())
+        out = [(None, plain)] if plain_spoils else []
+        for mask in plan.variants.get(line, ()):
+            effect = self._exponent_effect(values.dtype, line, mask)
+            if effect == "as is" and plain_spoils:  # the exponent as it was: those spoilt unmasked
+                out.append((mask, plain))
+            elif effect == "may spoil":
+                where = self.non_finite_under(values, line, mask)
+                if bool(where.any()):
+                    out.append((mask, where))
+        return out
+
+    def _exponent_effect(self, dtype: torch.dtype, line: str, mask: tuple[int, int]) -> str:
+        """What a (keep, xor) mask pair does to the exponent of a float operand: leaves it ``"as
+        is"``, clears a bit of it it does not set again (``"never"`` all ones: no operand becomes
+        infinite or NaN), or ``"may spoil"``."""
+        keep, xor = mask
+        exponent = _exponent_bits(dtype, self.widths[line])
+        if keep & exponent == exponent and xor & exponent == 0:
+            return "as is"
+        if exponent & ~keep & ~xor:
+            return "never"
+        return "may spoil"
 
     def clean_matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """A @ B in the array's arithmetic with no faults (integers wrap in the mac width)."""
@@ -700,6 +723,12 @@ def _variants(keep: np.ndarray, xor: np.ndarray) -> tuple[tuple[int, int], ...]:
     if rest.any():
         pairs.update(map(tuple, np.unique(np.stack([keep[rest], xor[rest]], axis=1), axis=0).tolist()))
     return tuple(sorted(pairs))
+
+
+def _exponent_bits(dtype: torch.dtype, width: int) -> int:
+    """The exponent field of a float dtype as a signed ``width``-bit code (all ones: inf or NaN)."""
+    mantissa = round(-math.log2(torch.finfo(dtype).eps))  # stored mantissa bits
+    return _signed(((1 << (width - 1)) - 1) & ~((1 << mantissa) - 1), width)
 
 
 def _signed(value: int, width: int) -> int:

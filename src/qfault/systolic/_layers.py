@@ -185,8 +185,10 @@ def _band_values(array: SystolicArray, source: torch.Tensor, kernels: torch.Tens
         if bool(((plan.masks["b"][1][outside] & significant) != 0).any()):
             return None
     poisoned = None
-    if source.is_floating_point() and not array.masks_keep_finite(source, plan, "a"):
-        poisoned = _poisoned(array, source, plan, outside, kh, sh)                               # (b, 1, Cin, Q)
+    if source.is_floating_point():
+        spoiled = array.spoiled_operands(source, plan, "a")
+        if spoiled:
+            poisoned = _poisoned(spoiled, source, plan, outside, kh, sh)                         # (b, 1, Cin, Q)
     # band step v * kh + u of output (r, c) is X[r*sh + u, c*sw + v]: one gather over (W*H)
     steps = torch.arange(band, device=device)
     along_w = plan.cols[None, :] * sw + (steps // kh)[:, None]                                  # (band, Q)
@@ -200,23 +202,21 @@ def _band_values(array: SystolicArray, source: torch.Tensor, kernels: torch.Tens
     return values if poisoned is None else values.masked_fill(poisoned, math.nan)
 
 
-def _poisoned(array: SystolicArray, source: torch.Tensor, plan: MatmulPlan, outside: torch.Tensor, kh: int,
-              sh: int) -> torch.Tensor | None:
+def _poisoned(spoiled: list, source: torch.Tensor, plan: MatmulPlan, outside: torch.Tensor, kh: int, sh: int
+              ) -> torch.Tensor | None:
     """Where a skipped product of the band shortcut is NaN: outputs (b, 1, Cin, Q) with a masked
     line-a operand that is infinite or NaN at a step ``outside`` (Q, kh*W) their band; None if
-    there is none. Per mask pair of line a (and unmasked), the operands it spoils are marked on
-    ``source`` (W, H, Cin, b) once; an output counts those of its lowered row at its steps under
-    that mask pair: a (Q_r, kh*W) @ (kh*W, Cin*b) product per distinct output row r."""
+    there is none. ``spoiled`` holds, per mask pair of line a (None: unmasked), where it makes
+    the input ``source`` (W, H, Cin, b) infinite or NaN (:meth:`SystolicArray.spoiled_operands`);
+    an output counts those of its lowered row at its steps under that mask pair: a
+    (Q_r, kh*W) @ (kh*W, Cin*b) product per distinct output row r."""
     width = source.shape[0]
     masks = plan.masks.get("a")
     rows, row_of = torch.unique(plan.rows, return_inverse=True)
     heights = (rows[None, :] * sh + torch.arange(kh, device=source.device)[:, None]).flatten()  # (kh*R,)
     counts = torch.zeros(plan.rows.numel(), source.shape[2] * source.shape[3], device=source.device)
-    for mask in (None, *plan.variants.get("a", ())):
-        spoiled = array.non_finite_under(source, "a", mask)
-        if not bool(spoiled.any()):
-            continue
-        lowered = spoiled.index_select(1, heights).view(width * kh, rows.numel(), -1).float()  # (kh*W, R, Cin*b)
+    for mask, where in spoiled:
+        lowered = where.index_select(1, heights).view(width * kh, rows.numel(), -1).float()    # (kh*W, R, Cin*b)
         if masks is None:
             steps = outside
         elif mask is None:
