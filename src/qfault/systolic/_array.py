@@ -507,36 +507,38 @@ class SystolicArray:
         keep, xor = (m.t().reshape(*m.shape[::-1], *((1,) * (steps.dim() - 2))) for m in plan.masks[line])
         return _apply_masks(steps, keep, xor, self.widths[line])
 
-    def non_finite_under(self, values: torch.Tensor, line: str, mask: tuple[int, int] | None = None) -> torch.Tensor:
-        """Where float operands ``values`` of ``line`` are infinite or NaN, as they are (``mask``
-        None) or under one (keep, xor) mask pair of the line's width: bool, ``values``' shape."""
-        effect = "as is" if mask is None else self._exponent_effect(values.dtype, line, mask)
-        if effect == "as is":
-            return ~values.isfinite()
-        if effect == "never":
-            return torch.zeros_like(values, dtype=torch.bool)
-        keep, xor = mask
-        exponent = _exponent_bits(values.dtype, self.widths[line])
-        return ((values.view(_BIT_VIEW[self.widths[line]]) & keep) ^ xor) & exponent == exponent
-
     def spoiled_operands(self, values: torch.Tensor, plan: MatmulPlan, line: str
                          ) -> list[tuple[tuple[int, int] | None, torch.Tensor]]:
         """The float operands ``values`` of ``line`` (any shape) that are infinite or NaN as they
         are (mask None) or under a mask pair the plan holds on that line: ``(mask, where)`` for
         each one that spoils any (empty: no masked operand made from ``values`` is infinite or
-        NaN). A pass or a few over ``values``, whatever the plan's size."""
-        plain = self.non_finite_under(values, line)
-        plain_spoils = bool(plain.any())
-        out = [(None, plain)] if plain_spoils else []
-        for mask in plan.variants.get(line, ()):
-            effect = self._exponent_effect(values.dtype, line, mask)
-            if effect == "as is" and plain_spoils:  # the exponent as it was: those spoilt unmasked
-                out.append((mask, plain))
-            elif effect == "may spoil":
-                where = self.non_finite_under(values, line, mask)
-                if bool(where.any()):
-                    out.append((mask, where))
+        NaN). A pass or two over ``values`` per mask pair that may set the exponent all ones."""
+        out = []
+        plain = None
+        for mask in (None, *plan.variants.get(line, ())):
+            effect = "as is" if mask is None else self._exponent_effect(values.dtype, line, mask)
+            if effect == "never":
+                continue
+            if effect == "as is" and mask is not None:  # the exponent as it was: those spoilt unmasked
+                if plain is not None:
+                    out.append((mask, plain))
+                continue
+            masked = self._masked(values, line, mask)
+            if bool(masked.sum().isfinite()):  # a finite sum: every term finite (inf and NaN stay)
+                continue
+            where = ~masked.isfinite()
+            if bool(where.any()):  # (else the sum overflowed)
+                out.append((mask, where))
+                plain = where if mask is None else plain
         return out
+
+    def _masked(self, values: torch.Tensor, line: str, mask: tuple[int, int] | None) -> torch.Tensor:
+        """Float operands under a (keep, xor) mask pair (None: as they are)."""
+        if mask is None:
+            return values
+        keep, xor = mask
+        bits = values.view(_BIT_VIEW[self.widths[line]])
+        return ((bits & keep) ^ xor).view(values.dtype)
 
     def _exponent_effect(self, dtype: torch.dtype, line: str, mask: tuple[int, int]) -> str:
         """What a (keep, xor) mask pair does to the exponent of a float operand: leaves it ``"as
