@@ -223,6 +223,8 @@ class MatmulPlan:
     # per line, the distinct (keep, xor) pairs other than the identity among its masks (signed
     # codes of the line width): what a fault can make of any operand on that line
     variants: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    #: what the layers derive from the plan alone (index tensors of a lowering), kept with it
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def empty(self) -> bool:

@@ -172,60 +172,78 @@ def _band_values(array: SystolicArray, source: torch.Tensor, kernels: torch.Tens
     if plan.k_tiles != 1 or "c" in plan.masks:
         return None
     kh, kw = kernels.shape[-2:]
-    sh, sw = stride
-    width, height = source.shape[:2]
-    band = kh * kw
-    queries = plan.cols.numel()
-    device = source.device
-    positions = plan.cols[:, None] * (sw * kh) + torch.arange(band, device=device)                # (Q, band)
-    outside = torch.ones(queries, width * kh, dtype=torch.bool, device=device)
-    outside.scatter_(1, positions, False)
-    if "b" in plan.masks:  # a masked zero is its xor pattern: only a sign there keeps it zero (IEEE)
-        significant = -1 if not source.is_floating_point() else (1 << (array.widths["b"] - 1)) - 1
-        if bool(((plan.masks["b"][1][outside] & significant) != 0).any()):
-            return None
+    band = _band(array, plan, (kh, kw), stride, source.shape[:2], source.is_floating_point())
+    if band is None:
+        return None
     poisoned = None
     if source.is_floating_point():
         spoiled = array.spoiled_operands(source, plan, "a")
         if spoiled:
-            poisoned = _poisoned(spoiled, source, plan, outside, kh, sh)                         # (b, 1, Cin, Q)
-    # band step v * kh + u of output (r, c) is X[r*sh + u, c*sw + v]: one gather over (W*H)
-    steps = torch.arange(band, device=device)
-    along_w = plan.cols[None, :] * sw + (steps // kh)[:, None]                                  # (band, Q)
-    along_h = plan.rows[None, :] * sh + (steps % kh)[:, None]
-    rows = source.flatten(0, 1).index_select(0, (along_w * height + along_h).flatten())
-    rows = rows.view(band, queries, *source.shape[2:])                                          # (band, Q, Cin, b)
-    flat = kernels.transpose(-1, -2).reshape(*kernels.shape[:2], band)                           # column-major
+            poisoned = _poisoned(spoiled, source, plan, band)                                    # (b, 1, Cin, Q)
+    rows = source.flatten(0, 1).index_select(0, band["gather"])
+    rows = rows.view(kh * kw, plan.cols.numel(), *source.shape[2:])                             # (band, Q, Cin, b)
+    flat = kernels.transpose(-1, -2).reshape(*kernels.shape[:2], kh * kw)                        # column-major
     columns = flat.permute(2, 0, 1).unsqueeze(1)                                                 # (band, 1, C, Cin)
-    # the line-a masks on the band's steps only (recompute_steps applies them)
-    values = _recompute_conv(array, rows, columns, plan.restrict(positions, lines=("a", "b")))
+    values = _recompute_conv(array, rows, columns, band["plan"])
     return values if poisoned is None else values.masked_fill(poisoned, math.nan)
 
 
-def _poisoned(spoiled: list, source: torch.Tensor, plan: MatmulPlan, outside: torch.Tensor, kh: int, sh: int
-              ) -> torch.Tensor | None:
+def _band(array: SystolicArray, plan: MatmulPlan, kernel_size: tuple[int, int], stride: tuple[int, int],
+          size: tuple[int, int], floating: bool) -> dict | None:
+    """What the band shortcut of ``plan`` needs for a ``kernel_size`` / ``stride`` lowering of a
+    (W, H) = ``size`` input, computed once per plan: the skipped steps ``outside`` (Q, kh*W), the
+    flat (W*H) input index of every band step (band*Q,), the plan restricted to the band (its
+    line-a and b masks on the band's steps only); None where a b mask sets a bit of the skipped
+    zeros other than an IEEE sign (no shortcut)."""
+    key = ("band", kernel_size, stride, size, floating)
+    if key in plan.cache:
+        return plan.cache[key]
+    (kh, kw), (sh, sw), (width, height) = kernel_size, stride, size
+    band = kh * kw
+    device = plan.cols.device
+    positions = plan.cols[:, None] * (sw * kh) + torch.arange(band, device=device)                # (Q, band)
+    outside = torch.ones(plan.cols.numel(), width * kh, dtype=torch.bool, device=device)
+    outside.scatter_(1, positions, False)
+    entry = None
+    significant = (1 << (array.widths["b"] - 1)) - 1 if floating else -1
+    if "b" not in plan.masks or not bool(((plan.masks["b"][1][outside] & significant) != 0).any()):
+        # band step v * kh + u of output (r, c) is X[r*sh + u, c*sw + v]
+        steps = torch.arange(band, device=device)
+        along_w = plan.cols[None, :] * sw + (steps // kh)[:, None]                              # (band, Q)
+        along_h = plan.rows[None, :] * sh + (steps % kh)[:, None]
+        entry = {"outside": outside, "gather": (along_w * height + along_h).flatten(), "kh": kh, "sh": sh,
+                 "plan": plan.restrict(positions, lines=("a", "b"))}
+    plan.cache[key] = entry
+    return entry
+
+
+def _poisoned(spoiled: list, source: torch.Tensor, plan: MatmulPlan, band: dict) -> torch.Tensor | None:
     """Where a skipped product of the band shortcut is NaN: outputs (b, 1, Cin, Q) with a masked
-    line-a operand that is infinite or NaN at a step ``outside`` (Q, kh*W) their band; None if
-    there is none. ``spoiled`` holds, per mask pair of line a (None: unmasked), where it makes
-    the input ``source`` (W, H, Cin, b) infinite or NaN (:meth:`SystolicArray.spoiled_operands`);
-    an output counts those of its lowered row at its steps under that mask pair: a
-    (Q_r, kh*W) @ (kh*W, Cin*b) product per distinct output row r."""
+    line-a operand that is infinite or NaN at a step outside their band; None if there is none.
+    ``spoiled`` holds, per mask pair of line a (None: unmasked), where it makes the input
+    ``source`` (W, H, Cin, b) infinite or NaN (:meth:`SystolicArray.spoiled_operands`); an output
+    counts those of its lowered row at its skipped steps under that mask pair: a
+    (Q_r, kh*W) @ (kh*W, Cin*b) product per distinct output row r (the index tensors are kept
+    in ``band``, see :func:`_band`)."""
+    if "rows" not in band:
+        rows, row_of = torch.unique(plan.rows, return_inverse=True)
+        band["heights"] = (rows[None, :] * band["sh"] + torch.arange(band["kh"], device=rows.device)[:, None]).flatten()
+        band["rows"] = [(row_of == r).nonzero().flatten() for r in range(rows.numel())]
     width = source.shape[0]
-    masks = plan.masks.get("a")
-    rows, row_of = torch.unique(plan.rows, return_inverse=True)
-    heights = (rows[None, :] * sh + torch.arange(kh, device=source.device)[:, None]).flatten()  # (kh*R,)
     counts = torch.zeros(plan.rows.numel(), source.shape[2] * source.shape[3], device=source.device)
     for mask, where in spoiled:
-        lowered = where.index_select(1, heights).view(width * kh, rows.numel(), -1).float()    # (kh*W, R, Cin*b)
-        if masks is None:
-            steps = outside
-        elif mask is None:
-            steps = outside & (masks[0] == -1) & (masks[1] == 0)
-        else:
-            steps = outside & (masks[0] == mask[0]) & (masks[1] == mask[1])
-        steps = steps.float()
-        for r in range(rows.numel()):
-            of_row = (row_of == r).nonzero().flatten()
+        lowered = where.index_select(1, band["heights"]).view(width * band["kh"], len(band["rows"]), -1).float()
+        steps = band.get(("steps", mask))
+        if steps is None:  # the skipped steps under this mask pair (Q, kh*W)
+            masks = plan.masks.get("a")
+            if masks is None:
+                steps = band["outside"]
+            elif mask is None:
+                steps = band["outside"] & (masks[0] == -1) & (masks[1] == 0)
+            else:
+                steps = band["outside"] & (masks[0] == mask[0]) & (masks[1] == mask[1])
+            steps = band[("steps", mask)] = steps.float()
+        for r, of_row in enumerate(band["rows"]):
             counts.index_add_(0, of_row, steps.index_select(0, of_row) @ lowered[:, r])
     if not bool((counts > 0).any()):
         return None
