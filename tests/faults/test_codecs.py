@@ -237,6 +237,20 @@ def test_codec_square_norm_is_exact(name, fmt, size):
                              args[2], args[3]) == expected
 
 
+@pytest.mark.parametrize("fmt", [IntFormat(2, signed=False), IntFormat(8), IntFormat(12), IntFormat(6, rounding="half_away")])
+@pytest.mark.parametrize("scale", [0.37, torch.tensor([0.37])])
+def test_torch_square_norm_in_chunks_is_exact(monkeypatch, fmt, scale):
+    """A large CPU tensor's norm runs in chunks (one dot product each where a chunk fits an exact
+    float32 block, blocked sums otherwise): the same exact integer, NaN included."""
+    codec = CODECS.get("torch")
+    monkeypatch.setattr(type(codec), "NORM_CHUNK", 1000)
+    x = torch.randn(23_457, generator=torch.Generator().manual_seed(fmt.bits)) * 40
+    x[::11] = float("nan")
+    zero = None if fmt.signed else 1
+    codes = fmt.encode(x, scale, 0 if zero is None else zero)
+    assert codec.square_norm(fmt, x, scale, zero) == sum(int(c) ** 2 for c in codes.tolist())
+
+
 def test_sites_pick_the_numpy_codec_only_where_it_serves_the_fault():
     assert fast_codec_for(IntFormat(8), "xor") is CODECS.get("numpy")
     assert fast_codec_for(None, "xor") is CODECS.get("numpy")  # a quantized tensor's own int format

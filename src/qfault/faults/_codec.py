@@ -84,20 +84,25 @@ class TorchCodec:
     def code(self, fmt, values, op, mask, operand=None, scale=None, zero=None, finite: bool = True):
         return fault_values(fmt, values, _OpDraw(op, mask, operand), scale, zero, finite)
 
+    #: CPU: elements per chunk of the exact norm, whose codes stay in cache between the passes
+    #: over them (quant_cnv's evaluation with statistics: the faults' time per batch of 64 went
+    #: from 25-27 to 23-25 ms)
+    NORM_CHUNK = 1 << 18
+
     def square_norm(self, fmt, x, scale=None, zero=None, axis=None) -> float:
         if fmt.encodes_non_finite:  # value units: the bits are the value
             return float(torch.linalg.vector_norm(x, dtype=torch.float64)) ** 2
         block = _exact_block(fmt)
         if block is None or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return float(fmt.encode(x, scale, zero, axis).to(torch.float64).square().sum())  # exact below 2**53
-        for keep_nan in (True, False):  # NaN kept (one pass fewer) shows in the total: then encoded as 0
-            squares = fmt.float_codes(x.float(), scale, zero, axis, keep_nan=keep_nan).square_().reshape(-1)
-            full = squares.numel() // block * block
-            total = float(squares[:full].view(-1, block).sum(dim=1).double().sum()) if full else 0.0
-            total += float(squares[full:].sum())
-            if math.isfinite(total):
-                break
-        return total
+        if x.device.type != "cpu" or axis is not None or x.numel() <= self.NORM_CHUNK \
+                or not all(_per_tensor(param) for param in (scale, zero)):
+            return _square_codes(fmt, x, scale, zero, axis, block)
+        # chunks of whole blocks, or within one block (then one dot product each)
+        flat, step = x.reshape(-1), (self.NORM_CHUNK // block * block if block <= self.NORM_CHUNK else self.NORM_CHUNK)
+        # integer totals below 2**53: their float sum is exact
+        return sum(_square_codes(fmt, flat[start:start + step], scale, zero, None, block)
+                   for start in range(0, flat.numel(), step))
 
     def wrap(self, values, mask, scale, zero):
         return values, mask, scale, zero
@@ -183,6 +188,28 @@ class ScalarCodec:
 TORCH, NUMPY, SCALAR = TorchCodec(), NumpyCodec(), ScalarCodec()
 for _codec in (TORCH, NUMPY, SCALAR):
     CODECS.register(_codec.name, _codec)
+
+
+def _square_codes(fmt: NumberFormat, x: torch.Tensor, scale, zero, axis, block: int) -> float:
+    """``sum(code**2)`` of ``x`` in an int format whose squared codes a float32 sum of ``block``
+    of them holds exactly: float32 sums of whole blocks, then the block sums in float64."""
+    for keep_nan in (True, False):  # NaN kept (one pass fewer) shows in the total: then encoded as 0
+        codes = fmt.float_codes(x.float(), scale, zero, axis, keep_nan=keep_nan).reshape(-1)
+        if codes.numel() <= block:  # every partial sum is an integer below 2**24: exact in any order
+            total = float(torch.dot(codes, codes))
+        else:
+            squares = codes.square_()
+            full = squares.numel() // block * block
+            total = float(squares[:full].view(-1, block).sum(dim=1).double().sum()) if full else 0.0
+            total += float(squares[full:].sum())
+        if math.isfinite(total):
+            break
+    return total
+
+
+def _per_tensor(param) -> bool:
+    """A scale or zero point that is absent, a number or a one-element tensor."""
+    return param is None or isinstance(param, (int, float)) or (isinstance(param, torch.Tensor) and param.numel() == 1)
 
 
 @functools.lru_cache(maxsize=64)
