@@ -237,7 +237,8 @@ def test_codec_square_norm_is_exact(name, fmt, size):
                              args[2], args[3]) == expected
 
 
-@pytest.mark.parametrize("fmt", [IntFormat(2, signed=False), IntFormat(8), IntFormat(12), IntFormat(6, rounding="half_away")])
+@pytest.mark.parametrize("fmt", [IntFormat(2, signed=False), IntFormat(8), IntFormat(12),
+                                 IntFormat(6, rounding="half_away")])
 @pytest.mark.parametrize("scale", [0.37, torch.tensor([0.37])])
 def test_torch_square_norm_in_chunks_is_exact(monkeypatch, fmt, scale):
     """A large CPU tensor's norm runs in chunks (one dot product each where a chunk fits an exact

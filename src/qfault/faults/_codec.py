@@ -192,7 +192,8 @@ for _codec in (TORCH, NUMPY, SCALAR):
 
 def _square_codes(fmt: NumberFormat, x: torch.Tensor, scale, zero, axis, block: int) -> float:
     """``sum(code**2)`` of ``x`` in an int format whose squared codes a float32 sum of ``block``
-    of them holds exactly: float32 sums of whole blocks, then the block sums in float64."""
+    of them holds exactly: one float32 dot product when ``x`` fits one block, else float32 sums
+    of whole blocks, then the block sums in float64."""
     for keep_nan in (True, False):  # NaN kept (one pass fewer) shows in the total: then encoded as 0
         codes = fmt.float_codes(x.float(), scale, zero, axis, keep_nan=keep_nan).reshape(-1)
         if codes.numel() <= block:  # every partial sum is an integer below 2**24: exact in any order
