@@ -225,14 +225,16 @@ def _poisoned(spoiled: list, source: torch.Tensor, plan: MatmulPlan, band: dict)
     counts those of its lowered row at its skipped steps under that mask pair: a
     (Q_r, kh*W) @ (kh*W, Cin*b) product per distinct output row r (the index tensors are kept
     in ``band``, see :func:`_band`)."""
-    if "rows" not in band:
+    if "row_groups" not in band:  # the distinct output rows: their input heights, their outputs
         rows, row_of = torch.unique(plan.rows, return_inverse=True)
-        band["heights"] = (rows[None, :] * band["sh"] + torch.arange(band["kh"], device=rows.device)[:, None]).flatten()
-        band["rows"] = [(row_of == r).nonzero().flatten() for r in range(rows.numel())]
+        offsets = torch.arange(band["kh"], device=rows.device)[:, None]
+        band["heights"] = (rows[None, :] * band["sh"] + offsets).flatten()                         # (kh*R,)
+        band["row_groups"] = [(row_of == r).nonzero().flatten() for r in range(rows.numel())]
     width = source.shape[0]
     counts = torch.zeros(plan.rows.numel(), source.shape[2] * source.shape[3], device=source.device)
     for mask, where in spoiled:
-        lowered = where.index_select(1, band["heights"]).view(width * band["kh"], len(band["rows"]), -1).float()
+        lowered = where.index_select(1, band["heights"]).view(width * band["kh"], len(band["row_groups"]), -1)
+        lowered = lowered.float()                                                                # (kh*W, R, Cin*b)
         steps = band.get(("steps", mask))
         if steps is None:  # the skipped steps under this mask pair (Q, kh*W)
             masks = plan.masks.get("a")
@@ -243,7 +245,7 @@ def _poisoned(spoiled: list, source: torch.Tensor, plan: MatmulPlan, band: dict)
             else:
                 steps = band["outside"] & (masks[0] == mask[0]) & (masks[1] == mask[1])
             steps = band[("steps", mask)] = steps.float()
-        for r, of_row in enumerate(band["rows"]):
+        for r, of_row in enumerate(band["row_groups"]):
             counts.index_add_(0, of_row, steps.index_select(0, of_row) @ lowered[:, r])
     if not bool((counts > 0).any()):
         return None
