@@ -1200,3 +1200,24 @@ def test_a_bad_regular_expression_in_names_is_a_config_error():
                                                 r"with a valid regular expression \(missing \)"):
         InjectSpec(fault=BitFlip(ber=0.1), names=("conv*", "re:(("))
     assert InjectSpec(fault=BitFlip(ber=0.1), names=("re:layer[0-9]+",)).names == ("re:layer[0-9]+",)
+
+
+@pytest.mark.parametrize("fault", ["random_value", "lsb_flip", "msb_flip", "full_flip"])
+@pytest.mark.parametrize("fmt", ["int8", "uint4", "int4"])
+@pytest.mark.parametrize("site, granularity", [("weight", "per_channel"), ("weight", "per_tensor"),
+                                               ("output", None)])
+def test_element_faults_are_the_same_outside_and_under_autograd(fault, fmt, site, granularity):
+    """The same seed gives the same faulted forward whether the numpy codec (no autograd) or the
+    torch codec (autograd recording) computes it, for weights and activations."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 40), nn.ReLU(), nn.Linear(40, 5))
+    x = torch.randn(8, 30)
+    spec = InjectSpec(fault={"type": fault, "probability": 20.0}, site=site, format=fmt, seed=3,
+                      granularity=granularity, names=("1",) if site == "output" else None)  # the ReLU's output
+    outs = []
+    for grad in (False, True):
+        with inject(model, [spec]), torch.set_grad_enabled(grad):
+            outs.append(model(x))
+    clean = model(x)
+    assert torch.equal(outs[0], outs[1].detach())
+    assert not torch.equal(outs[0], clean.detach())
