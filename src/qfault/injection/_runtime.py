@@ -80,6 +80,11 @@ def hit_sums(fmt: NumberFormat, old, new, values, faulty, ranges: list[tuple[int
     return [(int(row[0]), float(row[1]), float(row[2]), float(row[3]), float(row[4])) for row in totals]
 
 
+def _operand(draw: FaultDraw) -> np.ndarray | None:
+    """A CPU draw's per-element operands (random values) as a numpy array, or None."""
+    return None if draw.value is None else draw.value.numpy()
+
+
 def _float64(values) -> np.ndarray:
     return _array(values).astype(np.float64, copy=False)
 
@@ -255,10 +260,10 @@ class SiteRuntime:
         """``(scale, zero point)`` as Python numbers where :meth:`_corrupt_fast` applies: the site's
         fast codec serves the format and the draw's operation, on a float32 CPU tensor with a
         per-tensor scale, outside autograd and stacked trials. None otherwise."""
-        if len(draw) > NUMPY_DRAW or self.fast_codec is None or not self.fast_codec.supports(fmt, draw.op) \
-                or (x.requires_grad and torch.is_grad_enabled()) or self.handle.trial_seeds is not None:
+        if len(draw) > NUMPY_DRAW or (x.requires_grad and torch.is_grad_enabled()) \
+                or self.handle.trial_seeds is not None:
             return None
-        return self._numpy_numbers(x, fmt, scale, zero_point, axis)
+        return self._numpy_numbers(x, fmt, scale, zero_point, axis)  # the codec serves the site's op
 
     def _numpy_numbers(self, x: torch.Tensor, fmt: NumberFormat, scale, zero_point, axis) -> tuple | None:
         """``(scale, zero point)`` as Python numbers where the site's fast codec can read ``x``
@@ -301,8 +306,7 @@ class SiteRuntime:
         values = source.reshape(-1)[index]
         if not np.isfinite(values.sum()) and not np.isfinite(values).all():  # the sum is one cheap check
             return None
-        operand = None if draw.value is None else draw.value.numpy()
-        old, new, faulty = self.fast_codec.code(fmt, values, draw.op, mask, operand, scale_number, zero_number)
+        old, new, faulty = self.fast_codec.code(fmt, values, draw.op, mask, _operand(draw), scale_number, zero_number)
         if self.spec.track_statistics:
             self._record(x, fmt, scale, zero_point, None, old, new, values, faulty)
         if self.handle._listeners:
@@ -618,8 +622,7 @@ class ParamGroup:
             channel = arrays["channel_start"][owner] + local // arrays["inner"][owner]
             scale = arrays["scale"][channel]
             zero = None if arrays["zero"] is None else arrays["zero"][channel]
-        operand = None if draw.value is None else draw.value.numpy()
-        old, new, faulty = self.sites[0].fast_codec.code(fmt, clean, draw.op, mask, operand, scale, zero)
+        old, new, faulty = self.sites[0].fast_codec.code(fmt, clean, draw.op, mask, _operand(draw), scale, zero)
         return self._finish(params, active, draw, tables, ranges, local, old, new, clean, faulty, views)
 
     @staticmethod

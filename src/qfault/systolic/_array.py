@@ -515,29 +515,18 @@ class SystolicArray:
         are (mask None) or under a mask pair the plan holds on that line: ``(mask, where)`` for
         each one that spoils any (empty: no masked operand made from ``values`` is infinite or
         NaN). A pass or two over ``values`` per mask pair that may set the exponent all ones."""
-        out = []
-        plain = None
-        for mask in (None, *plan.variants.get(line, ())):
-            effect = "as is" if mask is None else self._exponent_effect(values.dtype, line, mask)
-            if effect == "never":
-                continue
-            if effect == "as is" and mask is not None:  # the exponent as it was: those spoilt unmasked
-                if plain is not None:
-                    out.append((mask, plain))
-                continue
-            masked = self._masked(values, line, mask)
-            if bool(masked.sum().isfinite()):  # a finite sum: every term finite (inf and NaN stay)
-                continue
-            where = ~masked.isfinite()
-            if bool(where.any()):  # (else the sum overflowed)
+        plain = _non_finite(values)
+        out = [] if plain is None else [(None, plain)]
+        for mask in plan.variants.get(line, ()):
+            effect = self._exponent_effect(values.dtype, line, mask)
+            if effect == "as is" and plain is not None:  # the exponent as it was: those spoilt unmasked
+                out.append((mask, plain))
+            elif effect == "may spoil" and (where := _non_finite(self._masked(values, line, mask))) is not None:
                 out.append((mask, where))
-                plain = where if mask is None else plain
         return out
 
-    def _masked(self, values: torch.Tensor, line: str, mask: tuple[int, int] | None) -> torch.Tensor:
-        """Float operands under a (keep, xor) mask pair (None: as they are)."""
-        if mask is None:
-            return values
+    def _masked(self, values: torch.Tensor, line: str, mask: tuple[int, int]) -> torch.Tensor:
+        """Float operands under a (keep, xor) mask pair."""
         keep, xor = mask
         bits = values.view(_BIT_VIEW[self.widths[line]])
         return ((bits & keep) ^ xor).view(values.dtype)
@@ -727,6 +716,15 @@ def _variants(keep: np.ndarray, xor: np.ndarray) -> tuple[tuple[int, int], ...]:
     if rest.any():
         pairs.update(map(tuple, np.unique(np.stack([keep[rest], xor[rest]], axis=1), axis=0).tolist()))
     return tuple(sorted(pairs))
+
+
+def _non_finite(values: torch.Tensor) -> torch.Tensor | None:
+    """Where float ``values`` are infinite or NaN, or None if none is: one sum decides the usual
+    case (a finite sum has only finite terms; only an overflowing one needs the full check)."""
+    if bool(values.sum().isfinite()):
+        return None
+    where = ~values.isfinite()
+    return where if bool(where.any()) else None
 
 
 def _exponent_bits(dtype: torch.dtype, width: int) -> int:

@@ -125,12 +125,14 @@ def conv_on_array(array: SystolicArray, tiling: bool | None, xa: torch.Tensor, w
     for plan, chans, block in parts:
         plan = plan.to(device)
         chans = torch.arange(wa.shape[0], device=device) if chans is None else chans.to(device)
-        source = columns_first[..., block * per_block:(block + 1) * per_block]  # (W, H, Cin, b)
+        images = slice(block * per_block, (block + 1) * per_block)
+        source = columns_first[..., images]                                   # (W, H, Cin, b)
         kernels = wa.index_select(0, chans)
         values = _band_values(array, source, kernels, plan, stride)
         if values is None:
             columns = kernel_columns(kernels, plan.cols, width, stride)       # (C, Cin, Q, kh*W)
-            values = _recompute_conv(array, _lowered_rows(source, plan, kh, sh), columns.permute(3, 2, 0, 1), plan)
+            rows = _lowered_rows(source, plan.rows, kh, sh)                   # (kh*W, Q, Cin, b)
+            values = _recompute_conv(array, rows, columns.permute(3, 2, 0, 1), plan)
         values = values.to(clean.dtype)                                       # (b, C, Cin, Q)
         if scale is not None:
             values = values * scale.index_select(0, chans).view(1, -1, 1, 1)
@@ -139,19 +141,18 @@ def conv_on_array(array: SystolicArray, tiling: bool | None, xa: torch.Tensor, w
             total = total + bias.detach().index_select(0, chans).view(1, -1, 1)
         for ci in range(xa.shape[1]):  # the tool's channel order: bias, then += each input channel
             total = total + values[:, :, ci]
-        index = (slice(block * per_block, (block + 1) * per_block), chans[:, None], plan.rows[None, :],
-                 plan.cols[None, :])
+        index = (images, chans[:, None], plan.rows[None, :], plan.cols[None, :])
         clean = replace_outputs(clean, index, total)
     return clean
 
 
-def _lowered_rows(source: torch.Tensor, plan: MatmulPlan, kh: int, sh: int) -> torch.Tensor:
-    """The lowered activation row of every planned output, step-major: (kh*W, Q, Cin, b) from
-    the input ``source`` (W, H, Cin, b). Row r is column-major X[r*sh : r*sh + kh, :], so its
-    step col * kh + u is X[r*sh + u, col]: one gather of heights for all steps."""
-    heights = (plan.rows[None, :] * sh + torch.arange(kh, device=source.device)[:, None]).flatten()  # (kh*Q,)
-    rows = source.index_select(1, heights)                                                 # (W, kh*Q, Cin, b)
-    return rows.view(source.shape[0] * kh, plan.rows.numel(), *rows.shape[2:])
+def _lowered_rows(source: torch.Tensor, rows: torch.Tensor, kh: int, sh: int) -> torch.Tensor:
+    """Lowered activation rows ``rows`` (R,), step-major: (kh*W, R, Cin, b) from the input
+    ``source`` (W, H, Cin, b). Row r is column-major X[r*sh : r*sh + kh, :], so its step
+    col * kh + u is X[r*sh + u, col]: one gather of heights for all steps."""
+    heights = (rows[None, :] * sh + torch.arange(kh, device=source.device)[:, None]).flatten()  # (kh*R,)
+    lowered = source.index_select(1, heights)                                               # (W, kh*R, Cin, b)
+    return lowered.view(source.shape[0] * kh, rows.numel(), *lowered.shape[2:])
 
 
 def _band_values(array: SystolicArray, source: torch.Tensor, kernels: torch.Tensor, plan: MatmulPlan,
@@ -225,16 +226,14 @@ def _poisoned(spoiled: list, source: torch.Tensor, plan: MatmulPlan, band: dict)
     counts those of its lowered row at its skipped steps under that mask pair: a
     (Q_r, kh*W) @ (kh*W, Cin*b) product per distinct output row r (the index tensors are kept
     in ``band``, see :func:`_band`)."""
-    if "row_groups" not in band:  # the distinct output rows: their input heights, their outputs
+    if "row_groups" not in band:  # the distinct output rows, and the outputs of each
         rows, row_of = torch.unique(plan.rows, return_inverse=True)
-        offsets = torch.arange(band["kh"], device=rows.device)[:, None]
-        band["heights"] = (rows[None, :] * band["sh"] + offsets).flatten()                         # (kh*R,)
+        band["distinct_rows"] = rows
         band["row_groups"] = [(row_of == r).nonzero().flatten() for r in range(rows.numel())]
-    width = source.shape[0]
     counts = torch.zeros(plan.rows.numel(), source.shape[2] * source.shape[3], device=source.device)
     for mask, where in spoiled:
-        lowered = where.index_select(1, band["heights"]).view(width * band["kh"], len(band["row_groups"]), -1)
-        lowered = lowered.float()                                                                # (kh*W, R, Cin*b)
+        lowered = _lowered_rows(where, band["distinct_rows"], band["kh"], band["sh"])            # (kh*W, R, Cin, b)
+        lowered = lowered.flatten(2).float()                                                     # (kh*W, R, Cin*b)
         steps = band.get(("steps", mask))
         if steps is None:  # the skipped steps under this mask pair (Q, kh*W)
             masks = plan.masks.get("a")
