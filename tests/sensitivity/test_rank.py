@@ -258,9 +258,67 @@ def test_errors_name_the_field():
     model, data = _Net(), _data()
     with pytest.raises(QFaultConfigError, match="kept_graphs"):
         SensitivityConfig(method="hessian", kept_graphs=-1)
+    with pytest.raises(QFaultConfigError, match="refine"):
+        SensitivityConfig(refine=-1)
     with pytest.raises(QFaultConfigError, match="format"):
         rank_bits(model, data, method="gradient")
     with pytest.raises(QFaultConfigError, match="types/names"):
         rank_bits(model, data, method="gradient", format="int8", names=("nope",))
     assert set(METHODS.list()) == {"delta", "gradient", "hessian", "taylor"}
     assert model.training  # the training flag is restored
+
+
+def _flip_losses(model, batches, bits, fmt) -> np.ndarray:
+    """Brute force: the mean cross-entropy over ``batches`` with each ``(tensor name, element,
+    bit)`` of ``bits`` flipped alone by ``qfault.inject``, minus the clean one."""
+
+    def loss() -> float:
+        with torch.no_grad():
+            total = sum(float(F.cross_entropy(getattr(out := model(x), "value", out), y, reduction="sum"))
+                        for x, y in batches)
+        return total / sum(len(y) for _, y in batches)
+
+    clean, changes = loss(), []
+    for name, element, bit in bits:
+        module, _, role = name.rpartition(".")
+        spec = qfault.InjectSpec(fault=qfault.faults.BitFlip(sites=((element, bit),)), site=role, names=(module,),
+                                 persistence="permanent", format=fmt)
+        with qfault.inject(model, spec):
+            changes.append(loss() - clean)
+    return np.array(changes)
+
+
+@pytest.mark.parametrize("method", METHODS.list())
+@pytest.mark.parametrize("quantized", [False, True])
+def test_refine_orders_the_first_bits_by_their_measured_loss_change(method, quantized):
+    """The first ``refine`` bits are those of the plain ranking, re-ordered by the loss change
+    that injecting each flip alone measures (their scores), the rest of the order unchanged."""
+    if quantized:
+        from qfault.data import build_model
+
+        model, fmt, names = build_model("digits_lsq").eval(), None, ("3",)
+        gen = torch.Generator().manual_seed(2)
+        batches = [(torch.randn(24, 1, 8, 8, generator=gen), torch.randint(0, 10, (24,), generator=gen))
+                   for _ in range(2)]
+        model(batches[0][0])
+    else:
+        model, fmt, names = _Net().eval(), IntFormat(4), None
+        x, y = _data(24)
+        batches = [(x[:16], y[:16]), (x[16:], y[16:])]
+    kwargs = {"method": method, "format": fmt, "names": names, "eigenpairs": 2}
+    plain = rank_bits(model, batches, **kwargs)
+    count = 30
+    refined = rank_bits(model, batches, refine=count, **kwargs)
+    assert refined.refined == count and plain.refined == 0
+    columns = lambda r, part: np.stack([r.tensor[part], r.element[part], r.bit[part]])  # noqa: E731
+    assert np.array_equal(columns(refined, slice(count, None)), columns(plain, slice(count, None)))
+    assert np.array_equal(refined.score[count:], plain.score[count:])
+    first = {tuple(c) for c in columns(plain, slice(0, count)).T.tolist()}
+    assert {tuple(c) for c in columns(refined, slice(0, count)).T.tolist()} == first
+    top = refined.top(count)
+    expected = _flip_losses(model, batches, top, fmt)
+    assert np.allclose(refined.score[:count], expected, rtol=1e-5, atol=1e-7)
+    assert np.all(np.diff(expected) <= 1e-6)  # the largest increase of the loss first
+    assert len(set(np.round(expected, 6))) > count // 2  # the flips really differ
+    if not quantized:  # a refine count beyond the bits measures every bit
+        assert rank_bits(model, batches, refine=10**6, **kwargs).refined == len(plain)

@@ -107,6 +107,13 @@ class Curvature:
         start = np.random.default_rng(seed).standard_normal(n)
         return lanczos_eigenpairs(matvec, n, k, tol, start)
 
+    @torch.no_grad()
+    def loss(self, leaves: list[torch.Tensor] | None = None) -> float:
+        """The loss over every batch with ``leaves`` (default: the quantized values) in the views."""
+        leaves = self.leaves if leaves is None else leaves
+        return sum(float(F.cross_entropy(self.forward(x, leaves), y, reduction="sum")) for x, y in self.batches) \
+            / self.total
+
     def hutchinson(self, samples: int, seed: int = 0) -> list[float]:
         """Hutchinson estimates of the Hessian trace of each view's block: the mean of ``zᵀHz``
         over ``samples`` Rademacher vectors ``z`` (restricted to the block)."""

@@ -11,7 +11,9 @@ weights ``w`` with ``θ`` the float weights:
 
 Parameter scores become a bit order by FKeras' MSB-first regrouping: every parameter's most
 significant bit, in decreasing score, then every next bit, down to the LSBs. ``delta`` ranks the
-bits by their own scores. Optionally, Hutchinson estimates of each tensor's Hessian trace.
+bits by their own scores. Optionally, Hutchinson estimates of each tensor's Hessian trace, and
+the first ``refine`` bits of the order measured: each flipped alone, the loss computed, and those
+bits re-ordered by that exact change.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class SensitivityConfig:
             (``hessian`` and ``trace_samples``): a product then costs one backward pass through
             them instead of a forward and two backward passes, for the memory of those graphs;
             the other batches are recomputed for every product. 0 recomputes all.
+        refine: the first ``refine`` bits of the ranking are re-ordered by the measured change
+            of the loss when each flips alone (largest increase first; one forward over the
+            data per bit), which sees what a local model of the loss misses (the direction of a
+            large flip, saturation). 0: none.
     """
 
     method: str = "delta"
@@ -81,6 +87,7 @@ class SensitivityConfig:
     include_bias: bool = False
     seed: int = 0
     kept_graphs: int = 4
+    refine: int = 0
 
     type_name = "sensitivity"
 
@@ -94,6 +101,7 @@ class SensitivityConfig:
         check_range("trace_samples", self.trace_samples, 0, 10**6, integer=True)
         check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
         check_range("kept_graphs", self.kept_graphs, 0, 10**6, integer=True)
+        check_range("refine", self.refine, 0, 10**9, integer=True)
         check_bool("include_bias", self.include_bias)
         for key in ("types", "names", "indices"):
             value = getattr(self, key)
@@ -119,11 +127,13 @@ class BitRanking:
         tensor: int64 ``[m]`` index into ``tensors`` of each ranked bit.
         element: int64 ``[m]`` flat (PyTorch) element index.
         bit: int64 ``[m]`` bit position (0 = LSB).
-        score: float64 ``[m]``: the bit's score (``delta``), or its parameter's (other methods).
+        score: float64 ``[m]``: the bit's score (``delta``), or its parameter's (other methods);
+            for the first ``refined`` bits the measured change of the loss when it flips alone.
         param_scores: per tensor, float64 ``[numel]`` (None for per-bit methods).
         eigenvalues: the Hessian eigenvalues used (``hessian``), largest ``|λ|`` first.
         traces: Hutchinson trace estimate per tensor (empty unless asked for).
         seconds: time spent ranking; ``hvp_calls``: Hessian-vector products computed.
+        refined: how many of the first bits were re-ordered by their measured loss change.
     """
 
     method: str
@@ -137,6 +147,7 @@ class BitRanking:
     traces: list[float] = field(default_factory=list)
     seconds: float = 0.0
     hvp_calls: int = 0
+    refined: int = 0
 
     def __len__(self) -> int:
         return int(self.tensor.size)
@@ -196,6 +207,7 @@ class BitRanking:
 
     def to_dict(self, top: int = 1000) -> dict:
         return {"method": self.method, "bits": len(self), "seconds": self.seconds, "hvp_calls": self.hvp_calls,
+                "refined": self.refined,
                 "eigenvalues": list(self.eigenvalues), "tensors": [
                     {"name": n, "shape": list(s), "bits": b} for n, s, b in self.tensors],
                 "layers": self.layer_table(), "bit_positions": self.bit_position_table(),
@@ -268,6 +280,30 @@ def _per_bit_order(bit_scores: list[np.ndarray]) -> tuple[np.ndarray, ...]:
     return tensor[order], element[order], bit[order], score[order]
 
 
+def _measured_order(views, curvature: Curvature, tensor: np.ndarray, element: np.ndarray, bit: np.ndarray,
+                   count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` bits of a ranking, each flipped alone as injection flips it (the
+    element becomes the decoded flipped code; a float layer's other weights keep their float
+    values, a quantized layer computes with its quantized ones): ``(their order by decreasing
+    change of the loss, those changes)``; a flip that makes the loss NaN counts as an infinite
+    increase."""
+    leaves = [(view.value if view.quantizer is not None else view.theta).reshape(view.shape).clone()
+              for view in views]
+    clean = curvature.loss(leaves)
+    deltas: dict[int, torch.Tensor] = {}
+    changes = np.empty(count)
+    for i, (t, e, b) in enumerate(zip(tensor[:count].tolist(), element[:count].tolist(), bit[:count].tolist())):
+        if t not in deltas:
+            deltas[t] = views[t].flip_deltas()
+        flat = leaves[t].view(-1)
+        kept = flat[e].clone()
+        flat[e] = float(views[t].value[e].double() + deltas[t][e, b])  # exact: a float32 value
+        changes[i] = curvature.loss(leaves) - clean
+        flat[e] = kept
+    changes[np.isnan(changes)] = np.inf
+    return np.argsort(-changes, kind="stable"), changes
+
+
 def _batches(data, batch_size: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = data
@@ -312,12 +348,19 @@ def rank_bits(model: nn.Module, data: "tuple[torch.Tensor, torch.Tensor] | Itera
         method = METHODS.get(config.method)
         param_scores, bit_scores, extras = method(views, curvature, config)
         traces = curvature.hutchinson(config.trace_samples, config.seed) if config.trace_samples else []
+        if method.per_bit:
+            tensor, element, bit, score = _per_bit_order(bit_scores)
+        else:
+            tensor, element, bit, score = msb_first_order(param_scores, [v.bits for v in views])
+        refined = min(config.refine, tensor.size)
+        if refined:
+            order, changes = _measured_order(views, curvature, tensor, element, bit, refined)
+            for column in (tensor, element, bit):
+                column[:refined] = column[:refined][order]
+            score = score.copy()
+            score[:refined] = changes[order]
     finally:
         model.train(was_training)
-    if method.per_bit:
-        tensor, element, bit, score = _per_bit_order(bit_scores)
-    else:
-        tensor, element, bit, score = msb_first_order(param_scores, [v.bits for v in views])
     return BitRanking(config.method, [(v.name, v.shape, v.bits) for v in views], tensor, element, bit, score,
                       param_scores, extras.get("eigenvalues", []), traces, time.perf_counter() - start,
-                      curvature.hvp_calls)
+                      curvature.hvp_calls, refined)
