@@ -40,8 +40,9 @@ class Curvature:
         self.kept_graphs = kept_graphs
         self._graphs: list[tuple[torch.Tensor, ...]] = []  # gradients with their graphs, per kept batch
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor, affine_norms: bool = False) -> torch.Tensor:
-        out = self.forward(x, self.leaves, affine_norms=affine_norms)
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, affine_norms: bool = False,
+              leaves: list[torch.Tensor] | None = None) -> torch.Tensor:
+        out = self.forward(x, self.leaves if leaves is None else leaves, affine_norms=affine_norms)
         return F.cross_entropy(out, y, reduction="sum") / self.total
 
     def gradient(self) -> list[torch.Tensor]:
@@ -110,9 +111,7 @@ class Curvature:
     @torch.no_grad()
     def loss(self, leaves: list[torch.Tensor] | None = None) -> float:
         """The loss over every batch with ``leaves`` (default: the quantized values) in the views."""
-        leaves = self.leaves if leaves is None else leaves
-        return sum(float(F.cross_entropy(self.forward(x, leaves), y, reduction="sum")) for x, y in self.batches) \
-            / self.total
+        return sum(float(self._loss(x, y, leaves=leaves)) for x, y in self.batches)
 
     def hutchinson(self, samples: int, seed: int = 0) -> list[float]:
         """Hutchinson estimates of the Hessian trace of each view's block: the mean of ``zᵀHz``

@@ -357,7 +357,6 @@ def rank_bits(model: nn.Module, data: "tuple[torch.Tensor, torch.Tensor] | Itera
             order, changes = _measured_order(views, curvature, tensor, element, bit, refined)
             for column in (tensor, element, bit):
                 column[:refined] = column[:refined][order]
-            score = score.copy()
             score[:refined] = changes[order]
     finally:
         model.train(was_training)
