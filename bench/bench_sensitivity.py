@@ -21,7 +21,7 @@ test images). Three parts:
    first), then by element index; "hits (tie-aware)" counts the ranking's first 12 bits whose
    drop is at least the 12th largest drop, which no tie-break changes. Goals: rho >= 0.7 and
    top 1 % >= 50 %. Extra columns: rho against the exact change of the training loss of each
-   flip (what the scores estimate) and rho within the MSB plane. Two reference rows that are not
+   flip (what the scores estimate) and rho within the MSB plane. Three reference rows that are not
    library methods: "exact train-loss change" (one injected forward of the 512 training images
    per bit: the best any ranking from that data can do), "exact test-loss change" (the same on the
    449 test images the drop is measured on: no ranking may see them, so this bounds what any
